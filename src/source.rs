@@ -1,0 +1,43 @@
+//! Where tokens come from.
+
+use std::future::Future;
+
+use crate::error::Result;
+use crate::token::AccessToken;
+
+/// Fetches a fresh access token. [`TokenProvider`](crate::TokenProvider) calls it when its
+/// cached token needs replacing, at most one call at a time.
+///
+/// [`JwtBearer`](crate::JwtBearer) is the built-in source. Any other grant plugs in by
+/// implementing this trait, or as an async closure:
+///
+/// ```
+/// use std::time::Duration;
+/// use token_refresh::{AccessToken, TokenProvider};
+///
+/// let provider = TokenProvider::new(|| async {
+///     AccessToken::new("token-from-elsewhere", Duration::from_secs(3600))
+/// });
+/// # drop(provider);
+/// ```
+///
+/// Report failures as [`Error`](crate::Error)s; wrap your own errors with
+/// [`Error::source`](crate::Error::source) or [`Error::transient`](crate::Error::transient)
+/// so the provider knows whether retrying can help. Set the token's lifetime from when the
+/// request was sent ([`AccessToken::issued_at`]).
+#[async_trait::async_trait]
+pub trait TokenSource: Send + Sync + 'static {
+    /// Fetches a new token, ignoring any cached one.
+    async fn fetch_token(&self) -> Result<AccessToken>;
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> TokenSource for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<AccessToken>> + Send + 'static,
+{
+    async fn fetch_token(&self) -> Result<AccessToken> {
+        self().await
+    }
+}

@@ -1,0 +1,138 @@
+//! The access token and its lifetime.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// A bearer access token with its expiry.
+///
+/// Cloning is cheap (an [`Arc`]). The value is a secret: `Debug` redacts it, there is no
+/// `Display`, and reading it takes an explicit [`expose_secret`](Self::expose_secret).
+///
+/// Times are [`tokio::time::Instant`]s, so tests can pause and advance the clock.
+#[derive(Clone)]
+pub struct AccessToken {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    value: SecretString,
+    /// `Bearer <value>`, marked sensitive, built once so each request only clones it.
+    header: HeaderValue,
+    issued_at: Instant,
+    expires_at: Instant,
+}
+
+impl AccessToken {
+    /// A token issued now that lives for `expires_in`.
+    ///
+    /// Fails if the value is empty or cannot be sent in an HTTP header.
+    pub fn new(value: impl Into<String>, expires_in: Duration) -> Result<Self> {
+        Self::issued_at(value, Instant::now(), expires_in)
+    }
+
+    /// A token whose lifetime counts from `issued_at`: use the instant the token request was
+    /// *sent*, so network latency shortens the token's life instead of extending it.
+    ///
+    /// Fails if the value is empty or cannot be sent in an HTTP header.
+    pub fn issued_at(
+        value: impl Into<String>,
+        issued_at: Instant,
+        expires_in: Duration,
+    ) -> Result<Self> {
+        let value = value.into();
+        if value.is_empty() {
+            return Err(Error::InvalidToken("the token is empty"));
+        }
+        let mut header = HeaderValue::try_from(format!("Bearer {value}"))
+            .map_err(|_| Error::InvalidToken("the token has characters not allowed in a header"))?;
+        header.set_sensitive(true);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                value: value.into(),
+                header,
+                issued_at,
+                expires_at: issued_at + expires_in,
+            }),
+        })
+    }
+
+    /// The token itself. Keep it out of logs.
+    pub fn expose_secret(&self) -> &str {
+        self.inner.value.expose_secret()
+    }
+
+    /// `Authorization: Bearer <token>` as a header value marked sensitive.
+    pub fn header_value(&self) -> HeaderValue {
+        self.inner.header.clone()
+    }
+
+    /// When the token was requested.
+    pub fn issued_at_instant(&self) -> Instant {
+        self.inner.issued_at
+    }
+
+    /// When the token expires.
+    pub fn expires_at(&self) -> Instant {
+        self.inner.expires_at
+    }
+
+    /// Time left until the token expires (zero once it has).
+    pub fn expires_in(&self) -> Duration {
+        self.inner
+            .expires_at
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// How long the token lives in all, from request to expiry.
+    pub fn lifetime(&self) -> Duration {
+        self.inner
+            .expires_at
+            .saturating_duration_since(self.inner.issued_at)
+    }
+
+    /// Whether `self` and `other` are the same issued token (not merely equal strings).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether both tokens carry the same value.
+    pub(crate) fn same_value(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("value", &"[REDACTED]")
+            .field("expires_in", &self.expires_in())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_sensitive_bearer() {
+        let t = AccessToken::new("abc", Duration::from_secs(60)).unwrap();
+        let h = t.header_value();
+        assert!(h.is_sensitive());
+        assert_eq!(h.to_str().unwrap(), "Bearer abc");
+        assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(AccessToken::new("", Duration::from_secs(1)).is_err());
+        assert!(AccessToken::new("a\nb", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! Where a token may be sent.
+
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+
+/// Whether `host` (as in a URL, IPv6 possibly in brackets) is `localhost` or a loopback
+/// address, where plain http never leaves the machine.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses plain `http` to a host that is not loopback unless `allow_http`.
+pub(crate) fn check_transport(scheme: Option<&str>, host: Option<&str>, allow_http: bool) -> Result<()> {
+    let insecure = scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"));
+    if insecure && !allow_http && !host.is_some_and(is_loopback_host) {
+        return Err(Error::InsecureTransport {
+            host: host.unwrap_or_default().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// [`check_transport`] for a `reqwest` URL.
+pub(crate) fn check_url_transport(url: &reqwest::Url, allow_http: bool) -> Result<()> {
+    check_transport(Some(url.scheme()), url.host_str(), allow_http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "127.0.0.1", "127.8.9.1", "[::1]", "::1", "LOCALHOST"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["example.com", "10.0.0.1", "localhost.example.com", "[::2]"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn plain_http_policy() {
+        assert!(check_transport(Some("https"), Some("example.com"), false).is_ok());
+        assert!(check_transport(Some("http"), Some("127.0.0.1"), false).is_ok());
+        assert!(matches!(
+            check_transport(Some("http"), Some("example.com"), false),
+            Err(Error::InsecureTransport { host }) if host == "example.com"
+        ));
+        assert!(check_transport(Some("http"), Some("example.com"), true).is_ok());
+    }
+}
