@@ -42,6 +42,12 @@ mod credentials;
 pub mod emulator;
 mod error;
 mod jwt_bearer;
+#[cfg(feature = "tower")]
+mod layer;
+#[cfg(feature = "reqwest")]
+mod middleware;
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+mod policy;
 mod provider;
 mod source;
 mod token;
@@ -52,6 +58,10 @@ pub use credentials::{
     parse_credentials_json,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "tower")]
+pub use layer::{AuthLayer, AuthService, BoxError, ReplayBody, ResponseFuture};
+#[cfg(feature = "reqwest")]
+pub use middleware::AuthMiddleware;
 pub use jwt_bearer::{
     DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT, DT_TOKEN_URL, JWT_BEARER_GRANT_TYPE, JwtBearer,
     MAX_EXPIRES_IN, MAX_RESPONSE_BYTES, parse_token_response,

@@ -1,12 +1,11 @@
 //! The token cache: lazy, single-flight, proactively refreshed.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::credentials::ServiceAccount;
@@ -78,8 +77,8 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 ///   `Retry-After`; permanent ones fail fast. A failed refresh keeps a still-valid token,
 ///   and for a short cool-down callers without a valid token get the last error at once.
 ///
-/// Cloning is cheap and clones share the cache. Reading a cached token takes a read lock
-/// and clones an [`Arc`]: no await, no allocation. Time is [`tokio::time`], so tests can
+/// Cloning is cheap and clones share the cache. Reading a cached token takes a read lock,
+/// reads the clock and clones an [`Arc`]: no await, no allocation. Time is [`tokio::time`], so tests can
 /// pause it. Needs a Tokio runtime.
 ///
 /// ```
@@ -106,9 +105,9 @@ pub struct TokenProvider {
 struct Inner {
     source: Box<dyn TokenSource>,
     config: Config,
-    /// The cached token while it is before its proactive refresh point: the fast path.
-    /// Written only with `state` held; a timer clears it at the refresh point.
-    fresh: RwLock<Option<AccessToken>>,
+    /// The cached token with its refresh points: read on the fast path, written only with
+    /// `state` held.
+    cache: RwLock<Option<Cached>>,
     state: Mutex<State>,
 }
 
@@ -127,13 +126,12 @@ struct Config {
 
 #[derive(Default)]
 struct State {
-    cached: Option<Cached>,
     refresh: Option<Refresh>,
     failure: Option<Failure>,
     next_refresh_id: u64,
-    stale_timer: Option<AbortHandle>,
 }
 
+#[derive(Clone)]
 struct Cached {
     token: AccessToken,
     /// From here on, the next caller starts a background refresh.
@@ -189,7 +187,7 @@ impl TokenProvider {
     /// Concurrent callers share one refresh. Fails with the refresh's error, or during the
     /// cool-down after a failed refresh with that error, when no valid token is cached.
     pub async fn token(&self) -> Result<AccessToken> {
-        match self.inner.fresh_token() {
+        match self.inner.fresh_token(Instant::now()) {
             Some(token) => Ok(token),
             None => self.token_slow().await,
         }
@@ -199,17 +197,13 @@ impl TokenProvider {
     /// not value), so the next [`token`](Self::token) fetches a new one. Call it when a
     /// server rejects the token; a burst of rejections of one token causes one refresh.
     pub fn invalidate(&self, token: &AccessToken) {
-        let mut state = self.inner.lock_state();
-        if state
-            .cached
+        let _state = self.inner.lock_state();
+        let mut cache = self.inner.write_cache();
+        if cache
             .as_ref()
             .is_some_and(|cached| cached.token.ptr_eq(token))
         {
-            state.cached = None;
-            if let Some(timer) = state.stale_timer.take() {
-                timer.abort();
-            }
-            self.inner.clear_fresh_if(token);
+            *cache = None;
             tracing::debug!("access token invalidated");
         }
     }
@@ -218,14 +212,14 @@ impl TokenProvider {
         let mut outcome = {
             let mut state = self.inner.lock_state();
             let now = Instant::now();
-            if let Some(cached) = &state.cached
+            let cached = self.inner.read_cache().clone();
+            if let Some(cached) = cached
                 && now < cached.usable_until
             {
-                let token = cached.token.clone();
                 if now >= cached.refresh_at {
                     self.inner.refresh_in_background(&mut state, now);
                 }
-                return Ok(token);
+                return Ok(cached.token);
             }
             match &state.refresh {
                 Some(refresh) => refresh.outcome.clone(),
@@ -254,21 +248,19 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn fresh_token(&self) -> Option<AccessToken> {
-        self.fresh
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, Option<Cached>> {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set_fresh(&self, token: Option<AccessToken>) {
-        *self.fresh.write().unwrap_or_else(PoisonError::into_inner) = token;
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Option<Cached>> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn clear_fresh_if(&self, token: &AccessToken) {
-        let mut fresh = self.fresh.write().unwrap_or_else(PoisonError::into_inner);
-        if fresh.as_ref().is_some_and(|t| t.ptr_eq(token)) {
-            *fresh = None;
+    /// The fast path: the cached token if it is before its proactive refresh point.
+    fn fresh_token(&self, now: Instant) -> Option<AccessToken> {
+        match &*self.read_cache() {
+            Some(cached) if now < cached.refresh_at => Some(cached.token.clone()),
+            _ => None,
         }
     }
 
@@ -349,7 +341,7 @@ impl Inner {
         }
     }
 
-    fn finish_refresh(self: &Arc<Self>, id: u64, outcome: &Result<AccessToken>) {
+    fn finish_refresh(&self, id: u64, outcome: &Result<AccessToken>) {
         let mut state = self.lock_state();
         if state.refresh.as_ref().is_some_and(|r| r.id == id) {
             state.refresh = None;
@@ -358,17 +350,7 @@ impl Inner {
         match outcome {
             Ok(token) => {
                 state.failure = None;
-                let cached = self.config.cache_entry(token.clone());
-                if let Some(timer) = state.stale_timer.take() {
-                    timer.abort();
-                }
-                if now < cached.refresh_at {
-                    self.set_fresh(Some(token.clone()));
-                    state.stale_timer = Some(self.spawn_stale_timer(token.clone(), cached.refresh_at));
-                } else {
-                    self.set_fresh(None);
-                }
-                state.cached = Some(cached);
+                *self.write_cache() = Some(self.config.cache_entry(token.clone()));
             }
             Err(error) => {
                 let wait = error
@@ -381,42 +363,6 @@ impl Inner {
                     retry_at: now + wait,
                 });
             }
-        }
-    }
-
-    /// Takes `token` off the fast path at `at`, its proactive refresh point. If the timer
-    /// is dropped early (aborted, or its runtime shut down) it does the same, so the fast
-    /// path never outlives the timer that guards it.
-    fn spawn_stale_timer(self: &Arc<Self>, token: AccessToken, at: Instant) -> AbortHandle {
-        struct StaleGuard {
-            inner: Weak<Inner>,
-            token: AccessToken,
-        }
-        impl Drop for StaleGuard {
-            fn drop(&mut self) {
-                if let Some(inner) = self.inner.upgrade() {
-                    inner.clear_fresh_if(&self.token);
-                }
-            }
-        }
-        let guard = StaleGuard {
-            inner: Arc::downgrade(self),
-            token,
-        };
-        // Called from the refresh task, so a runtime is current.
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            drop(guard);
-        })
-        .abort_handle()
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(timer) = state.stale_timer.take() {
-            timer.abort();
         }
     }
 }
@@ -549,7 +495,7 @@ impl TokenProviderBuilder {
             inner: Arc::new(Inner {
                 source: self.source,
                 config: self.config,
-                fresh: RwLock::new(None),
+                cache: RwLock::new(None),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -568,7 +514,7 @@ impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("TokenProvider");
         if let Ok(state) = self.inner.state.try_lock() {
-            s.field("token", &state.cached.as_ref().map(|c| &c.token))
+            s.field("token", &self.inner.read_cache().as_ref().map(|c| c.token.clone()))
                 .field("refreshing", &state.refresh.is_some())
                 .field("last_error", &state.failure.as_ref().map(|f| &f.error));
         }

@@ -103,6 +103,7 @@ impl AccessToken {
     }
 
     /// Whether both tokens carry the same value.
+    #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
     pub(crate) fn same_value(&self, other: &Self) -> bool {
         self.expose_secret() == other.expose_secret()
     }

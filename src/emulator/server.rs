@@ -1,0 +1,305 @@
+//! The HTTP side: accept loop, routing and the handlers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::validate::{Rejection, check_token_request};
+use super::{Fault, Shared, TokenCheck};
+
+/// The token endpoint's path.
+pub(super) const TOKEN_PATH: &str = "/oauth2/token";
+/// The API's path prefix.
+pub(super) const API_PREFIX: &str = "/v2";
+/// Largest request body accepted; larger ones get 413.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Where DT's error responses point.
+const HELP_URL: &str = "https://developer.disruptive-technologies.com/docs/error-codes";
+
+type Body = Full<Bytes>;
+
+/// Returned by the service to make hyper close the connection without answering.
+#[derive(Debug)]
+struct CloseConnection;
+
+impl fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection closed by the emulator")
+    }
+}
+
+impl std::error::Error for CloseConnection {}
+
+/// Accepts connections until the task is aborted; dropping the task drops `connections`,
+/// which aborts every connection task with it.
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "emulator: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let shared = Arc::clone(&shared);
+                async move { handle(&shared, request).await }
+            });
+            // Errors here are a client going away or a `DropConnection` fault.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, CloseConnection> {
+    let path = request.uri().path();
+    if path == TOKEN_PATH {
+        if request.method() != Method::POST {
+            return Ok(method_not_allowed("POST"));
+        }
+        return token_endpoint(shared, request).await;
+    }
+    if path == API_PREFIX || path.starts_with("/v2/") {
+        return api(shared, request).await;
+    }
+    Ok(response(StatusCode::NOT_FOUND, Bytes::new(), None))
+}
+
+async fn token_endpoint(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, CloseConnection> {
+    shared.record(|s| s.token_requests += 1);
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            let rejection = Rejection {
+                error: "invalid_request",
+                description: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            };
+            return Ok(token_error(
+                shared,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &rejection,
+            ));
+        }
+        Err(BodyError::Broken) => {
+            shared.record(|s| s.token_failures += 1);
+            return Err(CloseConnection);
+        }
+    };
+
+    match shared.take_fault() {
+        None => {}
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(fault) => {
+            shared.record(|s| s.token_failures += 1);
+            tracing::debug!(?fault, "emulator: token request gets an injected fault");
+            return fault_response(fault);
+        }
+    }
+
+    let result = check_token_request(&parts.headers, &body, &shared.account, &shared.token_url);
+    if let Err(rejection) = result {
+        return Ok(token_error(shared, StatusCode::BAD_REQUEST, &rejection));
+    }
+    let (token, ttl) = shared.issue_token();
+    tracing::debug!(
+        expires_in = ttl.as_secs(),
+        "emulator: issued an access token"
+    );
+    let body = json!({
+        "access_token": token,
+        "token_type": "bearer",
+        "expires_in": ttl.as_secs(),
+    });
+    let mut response = json_response(StatusCode::OK, &body);
+    no_store(&mut response);
+    Ok(response)
+}
+
+fn token_error(shared: &Shared, status: StatusCode, rejection: &Rejection) -> Response<Body> {
+    shared.record(|s| s.token_failures += 1);
+    tracing::debug!(
+        status = status.as_u16(),
+        error = rejection.error,
+        "emulator: token request rejected"
+    );
+    let body = json!({
+        "error": rejection.error,
+        "error_description": rejection.description,
+    });
+    let mut response = json_response(status, &body);
+    no_store(&mut response);
+    response
+}
+
+fn fault_response(fault: Fault) -> Result<Response<Body>, CloseConnection> {
+    let status_or_500 =
+        |status: u16| StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok(match fault {
+        Fault::Status {
+            status,
+            retry_after,
+        } => {
+            let mut response = response(status_or_500(status), Bytes::new(), None);
+            if let Some(value) = retry_after.and_then(|v| HeaderValue::try_from(v).ok()) {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+            response
+        }
+        Fault::OAuthError { status, error } => json_response(
+            status_or_500(status),
+            &json!({"error": error, "error_description": "injected by the emulator"}),
+        ),
+        Fault::Garbage => response(
+            StatusCode::OK,
+            Bytes::from_static(b"<html>oops</html>"),
+            Some("text/html"),
+        ),
+        Fault::DropConnection => return Err(CloseConnection),
+        // Handled by the caller; answer normally if it ever gets here.
+        Fault::Delay(_) => response(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new(), None),
+    })
+}
+
+async fn api(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, CloseConnection> {
+    let check = shared.check_bearer(request.headers());
+    if let Err(problem) = check {
+        return Ok(unauthorized(problem));
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    Ok(match (path.as_str(), method) {
+        ("/v2/projects", Method::GET) => json_response(StatusCode::OK, &projects()),
+        ("/v2/projects", _) => dt_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ("/v2/echo", Method::POST) => match read_body(request.into_body()).await {
+            Ok(body) if serde_json::from_slice::<Value>(&body).is_ok() => {
+                response(StatusCode::OK, body, Some("application/json"))
+            }
+            Ok(_) => dt_error(
+                StatusCode::BAD_REQUEST,
+                "the request body is not valid JSON",
+            ),
+            Err(BodyError::TooLarge) => dt_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            ),
+            Err(BodyError::Broken) => return Err(CloseConnection),
+        },
+        ("/v2/echo", _) => dt_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => dt_error(StatusCode::NOT_FOUND, "not found"),
+    })
+}
+
+fn projects() -> Value {
+    json!({
+        "projects": [{
+            "name": "projects/emulated-project",
+            "displayName": "Emulated project",
+            "inventory": false,
+            "organization": "organizations/emulated-org",
+            "organizationDisplayName": "Emulator",
+            "sensorCount": 0,
+            "cloudConnectorCount": 0,
+        }],
+        "nextPageToken": "",
+    })
+}
+
+fn unauthorized(problem: TokenCheck) -> Response<Body> {
+    let message = match problem {
+        TokenCheck::Missing => "the request has no bearer token",
+        TokenCheck::Unknown => "the access token is not valid",
+        TokenCheck::Expired => "the access token has expired",
+        TokenCheck::Revoked => "the access token has been revoked",
+    };
+    let mut response = dt_error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    response
+}
+
+/// DT's error shape: `{"error", "code", "help"}`.
+fn dt_error(status: StatusCode, message: &str) -> Response<Body> {
+    let code = status.as_u16();
+    json_response(
+        status,
+        &json!({"error": message, "code": code, "help": format!("{HELP_URL}#{code}")}),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = response(StatusCode::METHOD_NOT_ALLOWED, Bytes::new(), None);
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    response(
+        status,
+        Bytes::from(body.to_string()),
+        Some("application/json"),
+    )
+}
+
+fn response(status: StatusCode, body: Bytes, content_type: Option<&'static str>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    response
+}
+
+/// RFC 6749 §5.1: token responses must not be cached.
+fn no_store(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, BodyError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Broken),
+    }
+}

@@ -1,0 +1,218 @@
+//! The token request checks: form decoding and JWT-bearer assertion validation.
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::JWT_BEARER_GRANT_TYPE;
+use crate::ServiceAccount;
+
+/// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
+/// give.
+pub(super) const LEEWAY_SECS: u64 = 60;
+
+/// Why a token request is refused: an RFC 6749 §5.2 `error` code and a description that
+/// names the failed check (never the assertion, the secret or a parameter's value).
+#[derive(Debug)]
+pub(super) struct Rejection {
+    pub(super) error: &'static str,
+    pub(super) description: String,
+}
+
+impl Rejection {
+    fn new(error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            error,
+            description: description.into(),
+        }
+    }
+
+    fn request(description: impl Into<String>) -> Self {
+        Self::new("invalid_request", description)
+    }
+
+    fn grant(description: impl Into<String>) -> Self {
+        Self::new("invalid_grant", description)
+    }
+}
+
+/// Checks a whole token request: content type, form, grant type and assertion.
+pub(super) fn check_token_request(
+    headers: &HeaderMap,
+    body: &[u8],
+    account: &ServiceAccount,
+    token_url: &str,
+) -> Result<(), Rejection> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if !content_type.is_some_and(|t| t.eq_ignore_ascii_case("application/x-www-form-urlencoded")) {
+        return Err(Rejection::request(
+            "the request body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let form = parse_form(body)?;
+    match form.get("grant_type") {
+        None => return Err(Rejection::request("the grant_type parameter is missing")),
+        Some(grant) if grant != JWT_BEARER_GRANT_TYPE => {
+            return Err(Rejection::new(
+                "unsupported_grant_type",
+                format!("grant_type must be {JWT_BEARER_GRANT_TYPE}"),
+            ));
+        }
+        Some(_) => {}
+    }
+    match form.get("assertion") {
+        None | Some("") => Err(Rejection::request("the assertion parameter is missing")),
+        Some(assertion) => check_assertion(assertion, account, token_url),
+    }
+}
+
+/// The decoded parameters of a form body.
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded`: `&`-separated `name=value` pairs, `+` for
+/// space, `%XX` escapes, UTF-8. A bad escape, bad UTF-8 or a repeated parameter (RFC 6749
+/// §3.1) is `invalid_request`.
+fn parse_form(body: &[u8]) -> Result<Form, Rejection> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let name =
+            percent_decode(name).ok_or_else(|| Rejection::request("the form body is malformed"))?;
+        let value = percent_decode(value)
+            .ok_or_else(|| Rejection::request("the form body is malformed"))?;
+        if pairs.iter().any(|(n, _)| *n == name) {
+            return Err(Rejection::request(format!(
+                "the {name} parameter is repeated"
+            )));
+        }
+        pairs.push((name, value));
+    }
+    Ok(Form(pairs))
+}
+
+fn percent_decode(input: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut bytes = input.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = hex_value(*bytes.next()?)?;
+                let lo = hex_value(*bytes.next()?)?;
+                out.push(hi << 4 | lo);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// The claims checked by hand; jsonwebtoken checks `exp`, `iss` and `aud`.
+#[derive(Deserialize)]
+struct Claims {
+    iat: Option<Value>,
+}
+
+/// Validates a JWT-bearer assertion like DT's identity service.
+fn check_assertion(
+    assertion: &str,
+    account: &ServiceAccount,
+    token_url: &str,
+) -> Result<(), Rejection> {
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|_| Rejection::grant("the assertion is not a well-formed JWT"))?;
+    if header.alg != Algorithm::HS256 {
+        return Err(Rejection::grant("the assertion's alg must be HS256"));
+    }
+    match header.kid.as_deref() {
+        None => return Err(Rejection::grant("the assertion's header has no kid")),
+        Some(kid) if kid != account.key_id() => {
+            return Err(Rejection::grant(
+                "the assertion's kid is not a known key id",
+            ));
+        }
+        Some(_) => {}
+    }
+
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = LEEWAY_SECS;
+    validation.set_audience(&[token_url]);
+    validation.set_issuer(&[account.email()]);
+    validation.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
+    install_crypto_provider();
+    let key = DecodingKey::from_secret(account.expose_secret().as_bytes());
+    let claims = jsonwebtoken::decode::<Claims>(assertion, &key, &validation)
+        .map_err(|e| Rejection::grant(describe(e.kind(), token_url)))?
+        .claims;
+
+    let iat = match claims.iat {
+        None => return Err(Rejection::grant("the assertion lacks the iat claim")),
+        Some(iat) => iat
+            .as_f64()
+            .ok_or_else(|| Rejection::grant("the assertion's iat is not a number"))?,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if iat > now + LEEWAY_SECS as f64 {
+        return Err(Rejection::grant("the assertion's iat is in the future"));
+    }
+    Ok(())
+}
+
+fn describe(kind: &ErrorKind, token_url: &str) -> String {
+    match kind {
+        ErrorKind::InvalidSignature => "the assertion's signature does not verify".into(),
+        ErrorKind::ExpiredSignature => "the assertion has expired (exp is in the past)".into(),
+        ErrorKind::InvalidIssuer => "the assertion's iss is not the service account's email".into(),
+        ErrorKind::InvalidAudience => {
+            format!("the assertion's aud must be the token endpoint {token_url}")
+        }
+        ErrorKind::ImmatureSignature => "the assertion's nbf is in the future".into(),
+        ErrorKind::InvalidAlgorithm => "the assertion's alg must be HS256".into(),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("the assertion lacks the {claim} claim")
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            format!("the assertion's {claim} claim is malformed")
+        }
+        _ => "the assertion is not a well-formed JWT".into(),
+    }
+}
+
+/// Selects jsonwebtoken's aws-lc-rs backend explicitly, as [`JwtBearer`](crate::JwtBearer)
+/// does, so that verifying works even if another crate enables a second backend.
+fn install_crypto_provider() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Err means a provider is installed already, by the crate or the application: use it.
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    });
+}

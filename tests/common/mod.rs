@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use httpmock::MockServer;
+use serde_json::{Value, json};
+use token_refresh::{JwtBearer, ServiceAccount, TokenProvider, TokenProviderBuilder};
+
+pub const KEY_ID: &str = "test-key-id";
+pub const EMAIL: &str = "sa-test@project.serviceaccount.d21s.com";
+pub const SECRET: &str = "sUp3r-s3cr3t-hmac-key-0123456789";
+
+pub fn account() -> ServiceAccount {
+    ServiceAccount::new(KEY_ID, EMAIL, SECRET)
+}
+
+/// A JWT-bearer source pointed at `server`'s `/oauth2/token`.
+pub fn source(server: &MockServer) -> JwtBearer {
+    JwtBearer::new(account()).token_url(server.url("/oauth2/token"))
+}
+
+/// A provider for `server` with fast retries, for real-time tests.
+pub fn fast_builder(server: &MockServer) -> TokenProviderBuilder {
+    TokenProvider::builder(source(server))
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .cooldown(Duration::from_millis(200))
+}
+
+/// A DT-style §5.1 token response.
+pub fn token_json(token: &str, expires_in: u64) -> Value {
+    json!({"access_token": token, "token_type": "bearer", "expires_in": expires_in})
+}
+
+/// Waits (real time) until `f` holds, failing the test after 10 s.
+pub async fn eventually(mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "condition not met within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Captures everything `tracing` emits at TRACE level, with all fields.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Installs the capture as the global subscriber (once per test binary) and returns it.
+    pub fn global() -> Self {
+        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                let writer = capture.clone();
+                tracing_subscriber::fmt()
+                    .with_max_level(tracing::Level::TRACE)
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false)
+                    .init();
+                capture
+            })
+            .clone()
+    }
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An address on loopback where nothing listens.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/oauth2/token")
+}
+
+/// One scripted answer of [`scripted_token_server`].
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<&'static str>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, retry_after: None, body: String::new() }
+    }
+    pub fn retry_after(mut self, value: &'static str) -> Self {
+        self.retry_after = Some(value);
+        self
+    }
+    pub fn token(token: &str) -> Self {
+        Self { status: 200, retry_after: None, body: token_json(token, 3600).to_string() }
+    }
+}
+
+/// Serves `replies` in order to successive token requests, then repeats the last one.
+/// Requests are told apart by their assertion, so use a source with `.jti(true)`.
+/// Returns the mocks, whose calls add up to the requests served.
+pub async fn scripted_token_server(server: &MockServer, replies: Vec<Reply>) -> Vec<httpmock::Mock<'_>> {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let last = replies.len() - 1;
+    let mut mocks = Vec::new();
+    for (index, reply) in replies.into_iter().enumerate() {
+        let seen = seen.clone();
+        let mock = server
+            .mock_async(move |when, then| {
+                when.method("POST").path("/oauth2/token").is_true(move |req| {
+                    let body = req.body_string();
+                    let mut seen = seen.lock().unwrap();
+                    let position = match seen.iter().position(|b| *b == body) {
+                        Some(p) => p,
+                        None => {
+                            seen.push(body);
+                            seen.len() - 1
+                        }
+                    };
+                    position == index || (index == last && position > last)
+                });
+                let then = then.status(reply.status).body(reply.body.clone());
+                if let Some(after) = reply.retry_after {
+                    then.header("retry-after", after);
+                }
+            })
+            .await;
+        mocks.push(mock);
+    }
+    mocks
+}
+
+/// Total calls served by `mocks`.
+pub async fn total_calls(mocks: &[httpmock::Mock<'_>]) -> usize {
+    let mut total = 0;
+    for mock in mocks {
+        total += mock.calls_async().await;
+    }
+    total
+}
