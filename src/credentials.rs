@@ -76,7 +76,8 @@ impl ServiceAccount {
     /// file and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
         Self::from_file_content(&bytes, path)
     }
 
@@ -176,10 +177,10 @@ impl ServiceAccount {
         let key_id = required("keyId")?;
         let secret = required("secret")?;
         let email = required("email")?;
-        if let Some(alg) = field("algorithm")? {
-            if alg != "HS256" {
-                return Err(FileProblem::Algorithm(alg));
-            }
+        if let Some(alg) = field("algorithm")?
+            && alg != "HS256"
+        {
+            return Err(FileProblem::Algorithm(alg));
         }
         let mut account = Self::new(key_id, email, secret);
         account.token_url = field("tokenEndpoint")?;

@@ -205,8 +205,9 @@ impl JwtBearer {
     }
 
     async fn request(&self) -> Result<AccessToken> {
-        let url = reqwest::Url::parse(&self.token_url)
-            .map_err(|e| Error::Config(format!("token URL {:?} is invalid: {e}", self.token_url)))?;
+        let url = reqwest::Url::parse(&self.token_url).map_err(|e| {
+            Error::Config(format!("token URL {:?} is invalid: {e}", self.token_url))
+        })?;
         check_url_transport(&url, self.allow_http)?;
         let assertion = self.assertion()?;
         let body = format!(
@@ -277,7 +278,7 @@ impl fmt::Debug for JwtBearer {
 /// Selects jsonwebtoken's aws-lc-rs backend explicitly, so that signing still works if some
 /// other crate in the build enables a second backend (jsonwebtoken would otherwise panic at
 /// the first `encode`).
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // Err means a provider is installed already, by us or by the application: use it.
@@ -311,7 +312,10 @@ async fn read_capped(
     mut response: reqwest::Response,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, ReadError> {
-    if response.content_length().is_some_and(|len| len > limit as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
         return Err(ReadError::TooLarge);
     }
     let mut body = Vec::new();
@@ -483,11 +487,20 @@ mod tests {
             )
         };
         assert_eq!(with("null").unwrap().lifetime(), DEFAULT_EXPIRES_IN);
-        assert_eq!(with("\"120\"").unwrap().lifetime(), Duration::from_secs(120));
+        assert_eq!(
+            with("\"120\"").unwrap().lifetime(),
+            Duration::from_secs(120)
+        );
         assert_eq!(with("315360000").unwrap().lifetime(), MAX_EXPIRES_IN);
         for bad in ["0", "-5", "\"soon\"", "true"] {
             assert!(
-                matches!(with(bad), Err(Error::InvalidField { field: "expires_in", .. })),
+                matches!(
+                    with(bad),
+                    Err(Error::InvalidField {
+                        field: "expires_in",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }
@@ -495,7 +508,11 @@ mod tests {
 
     #[test]
     fn oauth_error_with_status_200() {
-        let e = parse(200, r#"{"error":"invalid_grant","error_description":"bad"}"#).unwrap_err();
+        let e = parse(
+            200,
+            r#"{"error":"invalid_grant","error_description":"bad"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.oauth_error(), Some("invalid_grant"));
         assert!(e.to_string().contains("bad"));
     }
@@ -506,7 +523,10 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(30);
         let date = httpdate::fmt_http_date(later);
         let d = parse_retry_after(&date).unwrap();
-        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -254,11 +254,8 @@ where
     E: 'static,
 {
     fn try_clone_body(&self) -> Option<Self> {
-        self.is_end_stream().then(|| {
-            Empty::new()
-                .map_err(|never| match never {})
-                .boxed()
-        })
+        self.is_end_stream()
+            .then(|| Empty::new().map_err(|never| match never {}).boxed())
     }
 }
 
@@ -268,10 +265,7 @@ where
     E: 'static,
 {
     fn try_clone_body(&self) -> Option<Self> {
-        self.is_end_stream().then(|| {
-            Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        })
+        self.is_end_stream()
+            .then(|| Empty::new().map_err(|never| match never {}).boxed_unsync())
     }
 }

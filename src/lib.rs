@@ -54,22 +54,21 @@ mod token;
 mod transport;
 
 pub use credentials::{
-    ENV_CREDENTIALS_FILE, ENV_EMAIL, ENV_KEY_ID, ENV_SECRET, ServiceAccount,
-    parse_credentials_json,
+    ENV_CREDENTIALS_FILE, ENV_EMAIL, ENV_KEY_ID, ENV_SECRET, ServiceAccount, parse_credentials_json,
 };
 pub use error::{Error, Result};
-#[cfg(feature = "tower")]
-pub use layer::{AuthLayer, AuthService, BoxError, ReplayBody, ResponseFuture};
-#[cfg(feature = "reqwest")]
-pub use middleware::AuthMiddleware;
 pub use jwt_bearer::{
     DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT, DT_TOKEN_URL, JWT_BEARER_GRANT_TYPE, JwtBearer,
     MAX_EXPIRES_IN, MAX_RESPONSE_BYTES, parse_token_response,
 };
+#[cfg(feature = "tower")]
+pub use layer::{AuthLayer, AuthService, BoxError, ReplayBody, ResponseFuture};
+#[cfg(feature = "reqwest")]
+pub use middleware::AuthMiddleware;
 pub use provider::{
     DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_COOLDOWN, DEFAULT_FETCH_TIMEOUT,
-    DEFAULT_HARD_MARGIN, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
-    DEFAULT_PROACTIVE_MARGIN, DEFAULT_RETRY_BUDGET, TokenProvider, TokenProviderBuilder,
+    DEFAULT_HARD_MARGIN, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_PROACTIVE_MARGIN,
+    DEFAULT_RETRY_BUDGET, TokenProvider, TokenProviderBuilder,
 };
 pub use source::TokenSource;
 pub use token::AccessToken;

@@ -302,12 +302,11 @@ impl Inner {
         let mut attempt = 1;
         tracing::debug!("token refresh started");
         loop {
-            let result = match tokio::time::timeout(config.fetch_timeout, self.source.fetch_token())
-                .await
-            {
-                Ok(result) => result.and_then(check_usable),
-                Err(_) => Err(Error::Timeout(config.fetch_timeout)),
-            };
+            let result =
+                match tokio::time::timeout(config.fetch_timeout, self.source.fetch_token()).await {
+                    Ok(result) => result.and_then(check_usable),
+                    Err(_) => Err(Error::Timeout(config.fetch_timeout)),
+                };
             let error = match result {
                 Ok(token) => {
                     tracing::info!(
@@ -353,11 +352,9 @@ impl Inner {
                 *self.write_cache() = Some(self.config.cache_entry(token.clone()));
             }
             Err(error) => {
-                let wait = error
-                    .retry_after()
-                    .map_or(self.config.cooldown, |asked| {
-                        asked.min(MAX_COOLDOWN).max(self.config.cooldown)
-                    });
+                let wait = error.retry_after().map_or(self.config.cooldown, |asked| {
+                    asked.min(MAX_COOLDOWN).max(self.config.cooldown)
+                });
                 state.failure = Some(Failure {
                     error: error.clone(),
                     retry_at: now + wait,
@@ -514,10 +511,14 @@ impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("TokenProvider");
         if let Ok(state) = self.inner.state.try_lock() {
-            s.field("token", &self.inner.read_cache().as_ref().map(|c| c.token.clone()))
-                .field("refreshing", &state.refresh.is_some())
-                .field("last_error", &state.failure.as_ref().map(|f| &f.error));
+            s.field(
+                "token",
+                &self.inner.read_cache().as_ref().map(|c| c.token.clone()),
+            )
+            .field("refreshing", &state.refresh.is_some())
+            .field("last_error", &state.failure.as_ref().map(|f| &f.error));
         }
-        s.field("config", &self.inner.config).finish_non_exhaustive()
+        s.field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }

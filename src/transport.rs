@@ -13,7 +13,11 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Refuses plain `http` to a host that is not loopback unless `allow_http`.
-pub(crate) fn check_transport(scheme: Option<&str>, host: Option<&str>, allow_http: bool) -> Result<()> {
+pub(crate) fn check_transport(
+    scheme: Option<&str>,
+    host: Option<&str>,
+    allow_http: bool,
+) -> Result<()> {
     let insecure = scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"));
     if insecure && !allow_http && !host.is_some_and(is_loopback_host) {
         return Err(Error::InsecureTransport {
@@ -34,7 +38,14 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["localhost", "127.0.0.1", "127.8.9.1", "[::1]", "::1", "LOCALHOST"] {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.8.9.1",
+            "[::1]",
+            "::1",
+            "LOCALHOST",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
         for host in ["example.com", "10.0.0.1", "localhost.example.com", "[::2]"] {

@@ -102,7 +102,15 @@ fn empty_variable_is_named() {
         ServiceAccount::from_env,
     )
     .unwrap_err();
-    assert!(matches!(e, Error::MissingEnvVar { name: "DT_SERVICE_ACCOUNT_SECRET" }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::MissingEnvVar {
+                name: "DT_SERVICE_ACCOUNT_SECRET"
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("DT_SERVICE_ACCOUNT_SECRET"));
 }
 
@@ -141,7 +149,10 @@ fn file_beats_variables() {
     .unwrap();
     assert_eq!(account.key_id(), "file-kid");
     assert_eq!(account.expose_secret(), "file-secret");
-    assert_eq!(account.token_url(), Some("https://identity.example.com/oauth2/token"));
+    assert_eq!(
+        account.token_url(),
+        Some("https://identity.example.com/oauth2/token")
+    );
 }
 
 #[test]
@@ -166,10 +177,22 @@ fn file_error(content: &str) -> Error {
 #[test]
 fn bad_file_content_names_the_field() {
     let cases = [
-        (r#"{"serviceAccount": {"secret": "s", "email": "e"}}"#, "serviceAccount.keyId"),
-        (r#"{"serviceAccount": {"keyId": "k", "secret": "", "email": "e"}}"#, "serviceAccount.secret"),
-        (r#"{"serviceAccount": {"keyId": "k", "secret": "s"}}"#, "serviceAccount.email"),
-        (r#"{"serviceAccount": {"keyId": 7, "secret": "s", "email": "e"}}"#, "serviceAccount.keyId"),
+        (
+            r#"{"serviceAccount": {"secret": "s", "email": "e"}}"#,
+            "serviceAccount.keyId",
+        ),
+        (
+            r#"{"serviceAccount": {"keyId": "k", "secret": "", "email": "e"}}"#,
+            "serviceAccount.secret",
+        ),
+        (
+            r#"{"serviceAccount": {"keyId": "k", "secret": "s"}}"#,
+            "serviceAccount.email",
+        ),
+        (
+            r#"{"serviceAccount": {"keyId": 7, "secret": "s", "email": "e"}}"#,
+            "serviceAccount.keyId",
+        ),
         (r#"{"account": {}}"#, "serviceAccount"),
         (r#"{"serviceAccount": []}"#, "serviceAccount"),
     ];
@@ -190,8 +213,13 @@ fn invalid_json_and_unreadable_files_are_clear() {
 
 #[test]
 fn only_hs256_is_supported() {
-    let e = file_error(r#"{"serviceAccount": {"keyId": "k", "secret": "s", "email": "e", "algorithm": "RS256"}}"#);
-    assert!(matches!(&e, Error::UnsupportedAlgorithm(a) if a == "RS256"), "{e:?}");
+    let e = file_error(
+        r#"{"serviceAccount": {"keyId": "k", "secret": "s", "email": "e", "algorithm": "RS256"}}"#,
+    );
+    assert!(
+        matches!(&e, Error::UnsupportedAlgorithm(a) if a == "RS256"),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -79,8 +79,14 @@ async fn server_receives_a_verifiable_dt_assertion() {
     let iat = claims["iat"].as_u64().unwrap();
     let exp = claims["exp"].as_u64().unwrap();
     assert_eq!(exp - iat, 3600);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    assert!(iat <= now && iat + 30 >= now, "iat is now, backdated a little");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        iat <= now && iat + 30 >= now,
+        "iat is now, backdated a little"
+    );
 
     // A wrong key must not verify it.
     assert!(
@@ -122,7 +128,10 @@ async fn sub_and_jti_are_opt_in() {
         .collect();
     assert_eq!(claims[0]["sub"], json!("someone"));
     assert!(claims[0]["jti"].is_string());
-    assert_ne!(claims[0]["jti"], claims[1]["jti"], "jti is unique per assertion");
+    assert_ne!(
+        claims[0]["jti"], claims[1]["jti"],
+        "jti is unique per assertion"
+    );
 }
 
 fn base64_url_decode(s: &str) -> Vec<u8> {
@@ -151,7 +160,8 @@ async fn token_url_comes_from_the_credentials_file_account() {
             then.status(200).json_body(token_json("tok", 3600));
         })
         .await;
-    let account = ServiceAccount::new(KEY_ID, EMAIL, SECRET).with_token_url(server.url("/custom/token"));
+    let account =
+        ServiceAccount::new(KEY_ID, EMAIL, SECRET).with_token_url(server.url("/custom/token"));
     let source = JwtBearer::new(account);
     assert_eq!(source.url(), server.url("/custom/token"));
     source.fetch_token().await.unwrap();
@@ -183,9 +193,16 @@ async fn invalid_grant_carries_the_oauth_error() {
     assert_eq!(error.oauth_error(), Some("invalid_grant"));
     assert!(!error.is_transient());
     let text = error.to_string();
-    assert!(text.contains("invalid_grant") && text.contains("Invalid JWT signature"), "{text}");
+    assert!(
+        text.contains("invalid_grant") && text.contains("Invalid JWT signature"),
+        "{text}"
+    );
     match error {
-        Error::OAuth { status, description, .. } => {
+        Error::OAuth {
+            status,
+            description,
+            ..
+        } => {
             assert_eq!(status, 400);
             assert_eq!(description.as_deref(), Some("Invalid JWT signature"));
         }
@@ -200,7 +217,9 @@ async fn oauth_error_sent_with_200_is_an_error() {
         r#"{"error":"invalid_client","error_uri":"https://example.com/help"}"#,
     )
     .await;
-    assert!(matches!(&error, Error::OAuth { status: 200, uri: Some(u), .. } if u == "https://example.com/help"));
+    assert!(
+        matches!(&error, Error::OAuth { status: 200, uri: Some(u), .. } if u == "https://example.com/help")
+    );
 }
 
 #[tokio::test]
@@ -210,7 +229,10 @@ async fn malformed_responses_are_distinct_errors() {
     let (e, _) = fetch_with_response(200, r#"{"token_type":"bearer","expires_in":3600}"#).await;
     assert!(matches!(e, Error::MissingField("access_token")), "{e:?}");
     let (e, _) = fetch_with_response(200, r#"{"access_token":"x","token_type":"mac"}"#).await;
-    assert!(matches!(&e, Error::UnsupportedTokenType(t) if t == "mac"), "{e:?}");
+    assert!(
+        matches!(&e, Error::UnsupportedTokenType(t) if t == "mac"),
+        "{e:?}"
+    );
     assert!(!e.to_string().contains("\"x\""));
     let (e, _) = fetch_with_response(200, r#"{"access_token":"x","expires_in":60}"#).await;
     assert!(matches!(e, Error::MissingField("token_type")), "{e:?}");
@@ -241,7 +263,10 @@ async fn retry_after_is_parsed_from_seconds_and_dates() {
         .await;
     let e = source(&server).fetch_token().await.unwrap_err();
     let after = e.retry_after().unwrap();
-    assert!(after > Duration::from_secs(100) && after <= Duration::from_secs(120), "{after:?}");
+    assert!(
+        after > Duration::from_secs(100) && after <= Duration::from_secs(120),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -265,7 +290,10 @@ async fn slow_endpoint_times_out() {
         .await;
     let source = source(&server).timeout(Duration::from_millis(200));
     let e = source.fetch_token().await.unwrap_err();
-    assert!(matches!(e, Error::Timeout(d) if d == Duration::from_millis(200)), "{e:?}");
+    assert!(
+        matches!(e, Error::Timeout(d) if d == Duration::from_millis(200)),
+        "{e:?}"
+    );
     assert!(e.is_transient());
 }
 
@@ -294,14 +322,24 @@ async fn empty_credentials_name_the_field() {
         .fetch_token()
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::EmptyCredential { field: "secret" }), "{e:?}");
-    assert_eq!(mock.calls_async().await, 0, "nothing is sent without a secret");
+    assert!(
+        matches!(e, Error::EmptyCredential { field: "secret" }),
+        "{e:?}"
+    );
+    assert_eq!(
+        mock.calls_async().await,
+        0,
+        "nothing is sent without a secret"
+    );
 }
 
 #[tokio::test]
 async fn plain_http_token_url_must_be_loopback() {
     let source = JwtBearer::new(account()).token_url("http://identity.example.com/oauth2/token");
     let e = source.fetch_token().await.unwrap_err();
-    assert!(matches!(&e, Error::InsecureTransport { host } if host == "identity.example.com"), "{e:?}");
+    assert!(
+        matches!(&e, Error::InsecureTransport { host } if host == "identity.example.com"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("allow_http"));
 }

@@ -43,10 +43,22 @@ async fn no_secret_in_debug_display_or_logs() {
 
     // Errors from every failure path the server can produce.
     for (status, body) in [
-        (400, r#"{"error":"invalid_grant","error_description":"bad assertion"}"#.to_owned()),
-        (200, format!(r#"{{"access_token":"{TOKEN}","token_type":"mac"}}"#)),
-        (200, format!(r#"{{"access_token":"{TOKEN}","token_type":"bearer","expires_in":"soon"}}"#)),
-        (200, format!(r#"{{"access_token":{{"v":"{TOKEN}"}},"token_type":"bearer"}}"#)),
+        (
+            400,
+            r#"{"error":"invalid_grant","error_description":"bad assertion"}"#.to_owned(),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"mac"}}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"bearer","expires_in":"soon"}}"#),
+        ),
+        (
+            200,
+            format!(r#"{{"access_token":{{"v":"{TOKEN}"}},"token_type":"bearer"}}"#),
+        ),
         (200, format!(r#"{{"access_token":"{TOKEN}""#)),
         (503, format!("upstream said {TOKEN}")),
     ] {
@@ -57,7 +69,9 @@ async fn no_secret_in_debug_display_or_logs() {
                 then.status(status).body(body.clone());
             })
             .await;
-        let provider = TokenProvider::builder(common::source(&server)).max_attempts(1).build();
+        let provider = TokenProvider::builder(common::source(&server))
+            .max_attempts(1)
+            .build();
         let error = provider.token().await.unwrap_err();
         outputs.push(format!("{error}"));
         outputs.push(format!("{error:?}"));
@@ -72,7 +86,10 @@ async fn no_secret_in_debug_display_or_logs() {
     assert!(!assertions.is_empty());
     let mut secrets = vec![SECRET.to_owned(), TOKEN.to_owned()];
     for body in &assertions {
-        let assertion = body.split('&').find_map(|p| p.strip_prefix("assertion=")).unwrap();
+        let assertion = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("assertion="))
+            .unwrap();
         secrets.push(assertion.to_owned());
         // The signature alone is secret too.
         secrets.push(assertion.rsplit('.').next().unwrap().to_owned());
@@ -90,7 +107,10 @@ async fn no_secret_in_debug_display_or_logs() {
         }
     }
     let logs = kept.join("\n");
-    assert!(logs.contains("access token refreshed"), "logs were captured:\n{logs}");
+    assert!(
+        logs.contains("access token refreshed"),
+        "logs were captured:\n{logs}"
+    );
     for secret in &secrets {
         if let Some(line) = logs.lines().find(|l| l.contains(secret.as_str())) {
             panic!("a secret is in the logs: {line}");

@@ -14,10 +14,7 @@ use tokio::time::{Instant, advance};
 
 /// A provider over an in-process source that counts its calls, takes `latency` per fetch
 /// and issues `t1`, `t2`, … each living `ttl`.
-fn counting_provider(
-    ttl: Duration,
-    latency: Duration,
-) -> (TokenProvider, Arc<AtomicUsize>) {
+fn counting_provider(ttl: Duration, latency: Duration) -> (TokenProvider, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let provider = TokenProvider::new(move || {
@@ -66,7 +63,10 @@ async fn thousand_concurrent_callers_cause_one_token_request() {
         tokens.push(task.await.unwrap().unwrap());
     }
     assert_eq!(mock.calls_async().await, 1);
-    assert!(tokens.iter().all(|t| t.ptr_eq(&tokens[0])), "all get the same token");
+    assert!(
+        tokens.iter().all(|t| t.ptr_eq(&tokens[0])),
+        "all get the same token"
+    );
     assert_eq!(tokens[0].expose_secret(), "shared");
 }
 
@@ -104,7 +104,11 @@ async fn proactive_refresh_runs_once_in_the_background() {
     }
     assert_eq!(Instant::now(), before, "no caller waited");
     settle().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one background refresh");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "exactly one background refresh"
+    );
 
     // Once it lands, callers get the new token; still one refresh.
     advance(latency).await;
@@ -124,7 +128,10 @@ async fn past_the_hard_margin_callers_wait_for_a_new_token() {
     let before = Instant::now();
     let t2 = provider.token().await.unwrap();
     assert_eq!(t2.expose_secret(), "t2");
-    assert!(Instant::now() - before >= latency, "the caller waited for the refresh");
+    assert!(
+        Instant::now() - before >= latency,
+        "the caller waited for the refresh"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -133,7 +140,10 @@ async fn a_59_second_token_is_usable() {
     let (provider, calls) = counting_provider(Duration::from_secs(59), Duration::ZERO);
     let t1 = provider.token().await.unwrap();
     advance(Duration::from_secs(30)).await;
-    assert!(provider.token().await.unwrap().ptr_eq(&t1), "usable for most of its life");
+    assert!(
+        provider.token().await.unwrap().ptr_eq(&t1),
+        "usable for most of its life"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // It is replaced before it expires.
     advance(Duration::from_secs(29)).await;
@@ -160,7 +170,11 @@ async fn cancelled_callers_never_wedge_the_provider() {
     for i in 0..100 {
         let provider = provider.clone();
         let task = tokio::spawn(async move { provider.token().await });
-        if i % 2 == 0 { cancelled.push(task) } else { kept.push(task) }
+        if i % 2 == 0 {
+            cancelled.push(task)
+        } else {
+            kept.push(task)
+        }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     for task in &cancelled {
@@ -216,7 +230,10 @@ async fn transient_failures_are_retried_honouring_retry_after() {
     for mock in &mocks {
         assert_eq!(mock.calls_async().await, 1);
     }
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was waited for");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was waited for"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +250,10 @@ async fn retry_after_as_http_date_is_waited_for() {
     let started = std::time::Instant::now();
     assert_eq!(provider.token().await.unwrap().expose_secret(), "later");
     assert_eq!(total_calls(&mocks).await, 2);
-    assert!(started.elapsed() >= Duration::from_millis(900), "the date was honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the date was honoured"
+    );
 }
 
 #[tokio::test]
@@ -248,11 +268,17 @@ async fn persistent_transient_failure_gives_up_after_max_attempts() {
     let provider = fast_builder(&server).build();
     let e = provider.token().await.unwrap_err();
     assert!(matches!(e, Error::HttpStatus { status: 503, .. }), "{e:?}");
-    assert_eq!(mock.calls_async().await, token_refresh::DEFAULT_MAX_ATTEMPTS as usize);
+    assert_eq!(
+        mock.calls_async().await,
+        token_refresh::DEFAULT_MAX_ATTEMPTS as usize
+    );
     // During the cool-down callers get the error at once, without a request.
     let again = provider.token().await.unwrap_err();
     assert!(matches!(again, Error::HttpStatus { status: 503, .. }));
-    assert_eq!(mock.calls_async().await, token_refresh::DEFAULT_MAX_ATTEMPTS as usize);
+    assert_eq!(
+        mock.calls_async().await,
+        token_refresh::DEFAULT_MAX_ATTEMPTS as usize
+    );
 }
 
 #[tokio::test]
@@ -267,7 +293,11 @@ async fn long_retry_after_ends_the_refresh_and_sets_the_cooldown() {
     let provider = fast_builder(&server).build();
     let e = provider.token().await.unwrap_err();
     assert_eq!(e.retry_after(), Some(Duration::from_secs(120)));
-    assert_eq!(mock.calls_async().await, 1, "no retry sooner than the server asked");
+    assert_eq!(
+        mock.calls_async().await,
+        1,
+        "no retry sooner than the server asked"
+    );
     provider.token().await.unwrap_err();
     assert_eq!(mock.calls_async().await, 1, "cool-down honours Retry-After");
 }
@@ -322,7 +352,10 @@ async fn a_failed_background_refresh_keeps_the_valid_token() {
             if n == 1 {
                 AccessToken::new("first", Duration::from_secs(3600))
             } else {
-                Err(Error::HttpStatus { status: 503, retry_after: None })
+                Err(Error::HttpStatus {
+                    status: 503,
+                    retry_after: None,
+                })
             }
         }
     })
@@ -332,14 +365,29 @@ async fn a_failed_background_refresh_keeps_the_valid_token() {
     advance(Duration::from_secs(3600 - 200)).await; // inside the proactive window
     assert!(provider.token().await.unwrap().ptr_eq(&t1));
     settle().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the background refresh ran and failed");
-    assert!(provider.token().await.unwrap().ptr_eq(&t1), "the valid token is kept");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the background refresh ran and failed"
+    );
+    assert!(
+        provider.token().await.unwrap().ptr_eq(&t1),
+        "the valid token is kept"
+    );
     settle().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "no retry during the cool-down");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "no retry during the cool-down"
+    );
     advance(token_refresh::DEFAULT_COOLDOWN).await;
     assert!(provider.token().await.unwrap().ptr_eq(&t1));
     settle().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "retried after the cool-down");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "retried after the cool-down"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +404,8 @@ async fn hundred_concurrent_invalidations_refresh_once() {
     let barrier = Arc::new(Barrier::new(100));
     let tasks: Vec<_> = (0..100)
         .map(|_| {
-            let (provider, rejected, barrier) = (provider.clone(), rejected.clone(), barrier.clone());
+            let (provider, rejected, barrier) =
+                (provider.clone(), rejected.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
                 provider.invalidate(&rejected);
@@ -367,7 +416,11 @@ async fn hundred_concurrent_invalidations_refresh_once() {
     for task in tasks {
         assert!(!task.await.unwrap().ptr_eq(&rejected));
     }
-    assert_eq!(mock.calls_async().await, 2, "one initial fetch, one refresh");
+    assert_eq!(
+        mock.calls_async().await,
+        2,
+        "one initial fetch, one refresh"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -393,7 +446,10 @@ async fn a_hanging_source_times_out() {
     .backoff(Duration::from_millis(10), Duration::from_millis(10))
     .build();
     let e = provider.token().await.unwrap_err();
-    assert!(matches!(e, Error::Timeout(d) if d == Duration::from_secs(5)), "{e:?}");
+    assert!(
+        matches!(e, Error::Timeout(d) if d == Duration::from_secs(5)),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,5 +457,8 @@ async fn an_expired_token_from_a_source_is_an_error() {
     let provider = TokenProvider::builder(|| async { AccessToken::new("dead", Duration::ZERO) })
         .max_attempts(1)
         .build();
-    assert!(matches!(provider.token().await.unwrap_err(), Error::InvalidToken(_)));
+    assert!(matches!(
+        provider.token().await.unwrap_err(),
+        Error::InvalidToken(_)
+    ));
 }

@@ -1,6 +1,5 @@
 //! The token request checks: form decoding and JWT-bearer assertion validation.
 
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -166,7 +165,7 @@ fn check_assertion(
     validation.set_audience(&[token_url]);
     validation.set_issuer(&[account.email()]);
     validation.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
-    install_crypto_provider();
+    crate::jwt_bearer::install_crypto_provider();
     let key = DecodingKey::from_secret(account.expose_secret().as_bytes());
     let claims = jsonwebtoken::decode::<Claims>(assertion, &key, &validation)
         .map_err(|e| Rejection::grant(describe(e.kind(), token_url)))?
@@ -205,14 +204,4 @@ fn describe(kind: &ErrorKind, token_url: &str) -> String {
         }
         _ => "the assertion is not a well-formed JWT".into(),
     }
-}
-
-/// Selects jsonwebtoken's aws-lc-rs backend explicitly, as [`JwtBearer`](crate::JwtBearer)
-/// does, so that verifying works even if another crate enables a second backend.
-fn install_crypto_provider() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        // Err means a provider is installed already, by the crate or the application: use it.
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    });
 }

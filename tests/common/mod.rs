@@ -38,7 +38,10 @@ pub fn token_json(token: &str, expires_in: u64) -> Value {
 pub async fn eventually(mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(std::time::Instant::now() < deadline, "condition not met within 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -97,21 +100,32 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, retry_after: None, body: String::new() }
+        Self {
+            status,
+            retry_after: None,
+            body: String::new(),
+        }
     }
     pub fn retry_after(mut self, value: &'static str) -> Self {
         self.retry_after = Some(value);
         self
     }
     pub fn token(token: &str) -> Self {
-        Self { status: 200, retry_after: None, body: token_json(token, 3600).to_string() }
+        Self {
+            status: 200,
+            retry_after: None,
+            body: token_json(token, 3600).to_string(),
+        }
     }
 }
 
 /// Serves `replies` in order to successive token requests, then repeats the last one.
 /// Requests are told apart by their assertion, so use a source with `.jti(true)`.
 /// Returns the mocks, whose calls add up to the requests served.
-pub async fn scripted_token_server(server: &MockServer, replies: Vec<Reply>) -> Vec<httpmock::Mock<'_>> {
+pub async fn scripted_token_server(
+    server: &MockServer,
+    replies: Vec<Reply>,
+) -> Vec<httpmock::Mock<'_>> {
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let last = replies.len() - 1;
     let mut mocks = Vec::new();
@@ -119,18 +133,20 @@ pub async fn scripted_token_server(server: &MockServer, replies: Vec<Reply>) -> 
         let seen = seen.clone();
         let mock = server
             .mock_async(move |when, then| {
-                when.method("POST").path("/oauth2/token").is_true(move |req| {
-                    let body = req.body_string();
-                    let mut seen = seen.lock().unwrap();
-                    let position = match seen.iter().position(|b| *b == body) {
-                        Some(p) => p,
-                        None => {
-                            seen.push(body);
-                            seen.len() - 1
-                        }
-                    };
-                    position == index || (index == last && position > last)
-                });
+                when.method("POST")
+                    .path("/oauth2/token")
+                    .is_true(move |req| {
+                        let body = req.body_string();
+                        let mut seen = seen.lock().unwrap();
+                        let position = match seen.iter().position(|b| *b == body) {
+                            Some(p) => p,
+                            None => {
+                                seen.push(body);
+                                seen.len() - 1
+                            }
+                        };
+                        position == index || (index == last && position > last)
+                    });
                 let then = then.status(reply.status).body(reply.body.clone());
                 if let Some(after) = reply.retry_after {
                     then.header("retry-after", after);
