@@ -208,6 +208,16 @@ impl TokenProvider {
         }
     }
 
+    /// How much longer `token` will be handed out: the time until it reaches this provider's
+    /// hard margin (zero once it has). The DT guide prints this as "Token expires in Ns.".
+    pub fn usable_for(&self, token: &AccessToken) -> Duration {
+        self.inner
+            .config
+            .cache_entry(token.clone())
+            .usable_until
+            .saturating_duration_since(Instant::now())
+    }
+
     async fn token_slow(&self) -> Result<AccessToken> {
         let mut outcome = {
             let mut state = self.inner.lock_state();

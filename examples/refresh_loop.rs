@@ -1,0 +1,151 @@
+//! The DT guide's token refresh routine, in Rust.
+//!
+//! Every `--interval` seconds (default 5) it makes an authenticated `GET {api}/projects`
+//! through `AuthMiddleware` and prints `Token expires in Ns.`: the seconds until the token
+//! would no longer be used (its 60 s margin, scaled down for short tokens). The provider
+//! refreshes it in the background before then, so the count jumps back up without any call
+//! waiting.
+//!
+//! Credentials come from `ServiceAccount::discover()`: the file named by
+//! `DT_CREDENTIALS_FILE` (its `tokenEndpoint` is used), else `DT_SERVICE_ACCOUNT_KEY_ID`,
+//! `DT_SERVICE_ACCOUNT_SECRET` and `DT_SERVICE_ACCOUNT_EMAIL`. With none set, it starts the
+//! built-in emulator with 30 s tokens, so a refresh shows within half a minute, offline.
+//!
+//! ```text
+//! cargo run --example refresh_loop -- [--interval SECS] [--count N] [--api-url URL]
+//! ```
+//!
+//! Exits non-zero if any call failed.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use reqwest_middleware::ClientBuilder;
+use token_refresh::emulator::Emulator;
+use token_refresh::{AuthMiddleware, Error, JwtBearer, ServiceAccount, TokenProvider};
+
+const DT_API_URL: &str = "https://api.disruptive-technologies.com/v2";
+
+/// Token lifetime of the emulator in the demo: short enough to show a refresh quickly.
+const DEMO_TTL: Duration = Duration::from_secs(30);
+
+struct Args {
+    interval: Duration,
+    count: Option<u64>,
+    api_url: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        interval: Duration::from_secs(5),
+        count: None,
+        api_url: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--interval" => {
+                let secs: f64 = value()?.parse().map_err(|_| "--interval takes seconds")?;
+                args.interval =
+                    Duration::try_from_secs_f64(secs).map_err(|_| "--interval must be ≥ 0")?;
+            }
+            "--count" => {
+                args.count = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--count takes a whole number")?,
+                )
+            }
+            "--api-url" => args.api_url = Some(value()?),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: refresh_loop [--interval SECS] [--count N] [--api-url URL]".into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+
+    // Keep the emulator alive for the whole run; it stops when dropped.
+    let (account, emulator) = match ServiceAccount::discover() {
+        Ok(account) => (account, None),
+        Err(Error::NoCredentials) => {
+            let emulator = match Emulator::builder().token_ttl(DEMO_TTL).start().await {
+                Ok(emulator) => emulator,
+                Err(e) => {
+                    eprintln!("cannot start the emulator: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!(
+                "No DT credentials set: using the built-in emulator at {} with {}s tokens.",
+                emulator.api_url(),
+                DEMO_TTL.as_secs()
+            );
+            (emulator.account(), Some(emulator))
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api_url = args
+        .api_url
+        .or_else(|| emulator.as_ref().map(Emulator::api_url))
+        .unwrap_or_else(|| DT_API_URL.to_owned());
+
+    let provider = TokenProvider::new(JwtBearer::new(account));
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(AuthMiddleware::new(provider.clone()))
+        .build();
+
+    let mut failures = 0u64;
+    let mut calls = 0u64;
+    while args.count.is_none_or(|count| calls < count) {
+        if calls > 0 {
+            tokio::time::sleep(args.interval).await;
+        }
+        calls += 1;
+        match client.get(format!("{api_url}/projects")).send().await {
+            Ok(response) if response.status().is_success() => {
+                // The middleware got this token from the provider's cache a moment ago.
+                match provider.token().await {
+                    Ok(token) => println!(
+                        "Token expires in {}s.",
+                        provider.usable_for(&token).as_secs()
+                    ),
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("call {calls}: {e}");
+                    }
+                }
+            }
+            Ok(response) => {
+                failures += 1;
+                eprintln!("call {calls}: the API answered {}", response.status());
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("call {calls}: {e}");
+            }
+        }
+    }
+    if failures > 0 {
+        eprintln!("{failures} of {calls} calls failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,152 @@
+//! The examples run as a user would run them: `refresh_loop` offline against the built-in
+//! emulator, and unchanged against an independent JWT-bearer server named by a DT
+//! credentials file.
+#![cfg(all(feature = "reqwest", feature = "emulator"))]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use httpmock::prelude::*;
+use serde_json::json;
+
+/// The example binary that `cargo test` built next to this test binary.
+fn example(name: &str) -> Command {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path: PathBuf = dir.join("examples").join(name);
+    assert!(path.exists(), "{} is built by `cargo test`", path.display());
+    let mut command = Command::new(path);
+    for var in [
+        "DT_CREDENTIALS_FILE",
+        "DT_SERVICE_ACCOUNT_KEY_ID",
+        "DT_SERVICE_ACCOUNT_SECRET",
+        "DT_SERVICE_ACCOUNT_EMAIL",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+#[test]
+fn refresh_loop_runs_offline_against_the_emulator() {
+    let output = example("refresh_loop")
+        .args(["--interval", "0.05", "--count", "5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert!(
+        lines.next().unwrap().contains("emulator"),
+        "the first line says so: {stdout}"
+    );
+    let counts: Vec<_> = lines
+        .filter(|l| l.starts_with("Token expires in "))
+        .collect();
+    assert_eq!(counts.len(), 5, "{stdout}");
+}
+
+#[tokio::test]
+async fn refresh_loop_works_against_an_independent_server() {
+    let server = MockServer::start_async().await;
+    let token = server
+        .mock_async(|when, then| {
+            when.method(POST)
+                .path("/identity/token")
+                .form_urlencoded_tuple("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
+                .form_urlencoded_tuple_exists("assertion");
+            then.status(200).json_body(json!({
+                "access_token": "independent-token", "token_type": "Bearer", "expires_in": 3600
+            }));
+        })
+        .await;
+    let api = server
+        .mock_async(|when, then| {
+            when.method(GET)
+                .path("/api/v2/projects")
+                .header("authorization", "Bearer independent-token");
+            then.status(200)
+                .json_body(json!({"projects": [], "nextPageToken": ""}));
+        })
+        .await;
+    let file = std::env::temp_dir().join(format!("refresh-loop-creds-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        json!({"serviceAccount": {
+            "keyId": "kid", "secret": "secret", "email": "sa@example.com",
+            "algorithm": "HS256", "tokenEndpoint": server.url("/identity/token")
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let output = example("refresh_loop")
+        .env("DT_CREDENTIALS_FILE", &file)
+        .args([
+            "--interval",
+            "0",
+            "--count",
+            "3",
+            "--api-url",
+            &server.url("/api/v2"),
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("emulator"));
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("Token expires in "))
+            .count(),
+        3
+    );
+    assert_eq!(token.calls_async().await, 1);
+    assert_eq!(api.calls_async().await, 3);
+}
+
+#[test]
+fn refresh_loop_fails_when_calls_fail() {
+    let file = std::env::temp_dir().join(format!("refresh-loop-bad-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"{"serviceAccount": {"keyId": "k", "secret": "s", "email": "e",
+            "tokenEndpoint": "http://127.0.0.1:9/oauth2/token"}}"#,
+    )
+    .unwrap();
+    let output = example("refresh_loop")
+        .env("DT_CREDENTIALS_FILE", &file)
+        .args([
+            "--interval",
+            "0",
+            "--count",
+            "1",
+            "--api-url",
+            "http://127.0.0.1:9/v2",
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 1 calls failed"));
+}
+
+#[test]
+fn print_token_without_credentials_says_what_to_set() {
+    let output = example("print_token").output().unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DT_SERVICE_ACCOUNT_KEY_ID"));
+}
