@@ -1,34 +1,4 @@
 //! [`AuthLayer`] / [`AuthService`]: authenticates requests of a tower service stack.
-//!
-//! # Example
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use std::time::Duration;
-//! use http::{Request, Response, header::AUTHORIZATION};
-//! use http_body_util::Full;
-//! use bytes::Bytes;
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-//! use token_refresh::{AccessToken, AuthLayer, TokenProvider};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
-//! let provider = TokenProvider::new(|| async {
-//!     AccessToken::new("t0k3n", Duration::from_secs(3600))
-//! });
-//! // Any `Service<http::Request<B>>`: here one that echoes the header it got.
-//! let api = service_fn(|req: Request<Full<Bytes>>| async move {
-//!     let auth = req.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
-//!     Ok::<_, Infallible>(Response::new(auth))
-//! });
-//! let mut client = ServiceBuilder::new()
-//!     .layer(AuthLayer::new(provider))
-//!     .service(api);
-//!
-//! let request = Request::get("https://api.example.com/v2/projects").body(Full::default())?;
-//! let response = client.ready().await?.call(request).await?;
-//! assert_eq!(response.body(), "Bearer t0k3n");
-//! # Ok(()) }
-//! ```
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -51,6 +21,36 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A tower [`Layer`] that wraps a service in an [`AuthService`]. It holds only the
 /// configuration, which each service it builds clones.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use http::{Request, Response, header::AUTHORIZATION};
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+/// use token_refresh::{AccessToken, AuthLayer, TokenProvider};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
+/// let provider = TokenProvider::new(|| async {
+///     AccessToken::new("t0k3n", Duration::from_secs(3600))
+/// });
+/// // Any `Service<http::Request<B>>`: here one that echoes the header it got.
+/// let api = service_fn(|req: Request<Full<Bytes>>| async move {
+///     let auth = req.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
+///     Ok::<_, Infallible>(Response::new(auth))
+/// });
+/// let mut client = ServiceBuilder::new()
+///     .layer(AuthLayer::new(provider))
+///     .service(api);
+///
+/// let request = Request::get("https://api.example.com/v2/projects").body(Full::default())?;
+/// let response = client.ready().await?.call(request).await?;
+/// assert_eq!(response.body(), "Bearer t0k3n");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct AuthLayer {

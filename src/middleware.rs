@@ -1,48 +1,4 @@
 //! [`AuthMiddleware`]: authenticates requests of a `reqwest-middleware` client.
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use reqwest_middleware::ClientBuilder;
-//! use token_refresh::{AccessToken, AuthMiddleware, TokenProvider};
-//!
-//! let provider = TokenProvider::new(|| async {
-//!     AccessToken::new("t0k3n", Duration::from_secs(3600))
-//! });
-//! let client = ClientBuilder::new(reqwest::Client::new())
-//!     .with(AuthMiddleware::new(provider))
-//!     .build();
-//! // client.get("https://api.disruptive-technologies.com/v2/projects").send().await
-//! # drop(client);
-//! ```
-//!
-//! # Composing with other middleware
-//!
-//! Middleware runs in the order it is added, each wrapping the ones after it.
-//!
-//! - **`reqwest-retry`**: add `RetryTransientMiddleware` *before* `AuthMiddleware`. Each
-//!   retry then passes through `AuthMiddleware` again and picks up the current token (a
-//!   retry after a long backoff may need a refreshed one), and the auth layer's single 401
-//!   resend stays inside one retry attempt instead of multiplying with it.
-//! - **`reqwest-tracing`**: add `TracingMiddleware` *before* `AuthMiddleware` to get one span
-//!   per logical request covering the token wait and any 401 resend, or *after* it to get a
-//!   span per request actually sent. `AuthMiddleware` marks the header sensitive either way,
-//!   and neither logs header values.
-//!
-//! ```
-//! # use std::time::Duration;
-//! # use reqwest_middleware::ClientBuilder;
-//! # use token_refresh::{AccessToken, AuthMiddleware, TokenProvider};
-//! # let provider = TokenProvider::new(|| async { AccessToken::new("t", Duration::from_secs(60)) });
-//! # let retry = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()); drop(retry);
-//! let client = ClientBuilder::new(reqwest::Client::new())
-//!     // .with(TracingMiddleware::default())           // outermost: sees the whole call
-//!     // .with(RetryTransientMiddleware::new_with_policy(policy))
-//!     .with(AuthMiddleware::new(provider))              // innermost: fresh token per attempt
-//!     .build();
-//! # drop(client);
-//! ```
 
 use async_trait::async_trait;
 use http::Extensions;
@@ -55,6 +11,36 @@ use crate::provider::TokenProvider;
 /// A `reqwest-middleware` middleware that attaches `Authorization: Bearer <token>` from a
 /// [`TokenProvider`] and resends a request once with a fresh token after a 401.
 ///
+/// # Example
+///
+/// Against the built-in [emulator](crate::emulator) (feature `emulator`), offline:
+///
+/// ```
+/// # #[cfg(feature = "emulator")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use reqwest_middleware::ClientBuilder;
+/// use token_refresh::emulator::Emulator;
+/// use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
+///
+/// let emulator = Emulator::start().await?;
+/// let provider = TokenProvider::new(JwtBearer::new(emulator.account()));
+/// let client = ClientBuilder::new(reqwest::Client::new())
+///     .with(AuthMiddleware::new(provider))
+///     .build();
+///
+/// let response = client
+///     .get(format!("{}/projects", emulator.api_url()))
+///     .send()
+///     .await?;
+/// assert_eq!(response.status(), 200);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "emulator"))]
+/// # fn main() {}
+/// ```
+///
+/// # Behaviour
+///
 /// - A request that already has an `Authorization` header is sent as it is.
 /// - On 401 the token the request carried is invalidated; if the request body can be cloned
 ///   (`Request::try_clone`) it is resent once with a fresh token, else the 401 is returned.
@@ -63,6 +49,28 @@ use crate::provider::TokenProvider;
 /// - Tokens go only over https or to loopback hosts, unless [`allow_http`](Self::allow_http).
 /// - Token errors are `reqwest_middleware::Error::Middleware`, downcastable to
 ///   [`crate::Error`].
+///
+/// # Composing with other middleware
+///
+/// Middleware runs in the order it is added, each wrapping the ones added after it.
+///
+/// - **`reqwest-retry`**: add `RetryTransientMiddleware` *before* `AuthMiddleware`. Each
+///   retry then passes through `AuthMiddleware` again and picks up the current token (a
+///   retry after a long backoff may need a refreshed one), and the single 401 resend stays
+///   inside one retry attempt instead of multiplying with it. Token errors are not retried
+///   by it: they are middleware errors, and the provider has already retried transient
+///   token-endpoint failures with its own backoff.
+/// - **`reqwest-tracing`**: add `TracingMiddleware` *before* `AuthMiddleware` for one span per
+///   logical call that covers the token wait and any 401 resend; after it, for one span per
+///   request sent. The header is marked sensitive either way, and neither logs its value.
+///
+/// ```text
+/// ClientBuilder::new(reqwest::Client::new())
+///     .with(TracingMiddleware::default())                   // outermost: the whole call
+///     .with(RetryTransientMiddleware::new_with_policy(retry))
+///     .with(AuthMiddleware::new(provider))                  // innermost: token per attempt
+///     .build()
+/// ```
 #[derive(Clone, Debug)]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub struct AuthMiddleware {
