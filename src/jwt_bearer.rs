@@ -233,14 +233,18 @@ impl JwtBearer {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = read_capped(response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => Error::ResponseTooLarge {
+        let body = match read_capped(response, MAX_RESPONSE_BYTES).await {
+            Ok(body) => body,
+            // An error status with a huge body (a proxy's HTML page) is still that status:
+            // judge it without the body, so a 503 stays transient and keeps its Retry-After.
+            Err(ReadError::TooLarge) if !(200..300).contains(&status) => Vec::new(),
+            Err(ReadError::TooLarge) => {
+                return Err(Error::ResponseTooLarge {
                     limit: MAX_RESPONSE_BYTES,
-                },
-                ReadError::Http(e) => self.transport_error(&e),
-            })?;
+                });
+            }
+            Err(ReadError::Http(e)) => return Err(self.transport_error(&e)),
+        };
         parse_token_response(status, retry_after, &body, sent_at)
     }
 

@@ -48,8 +48,9 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(8);
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Default bound on the retry delays of one refresh: no retry starts later than this after
-/// the first attempt, so a caller waits at most this plus one request timeout.
-pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+/// the first attempt, so a caller waits at most this plus one request timeout. Twice
+/// [`DEFAULT_MAX_RETRY_AFTER`], so a full `Retry-After` wait still fits after a few attempts.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// Default cool-down after a failed refresh: for this long, callers without a valid token
 /// get the last error at once instead of starting another refresh. Five seconds keeps a
@@ -475,7 +476,7 @@ impl TokenProviderBuilder {
     }
 
     /// No retry starts later than this after a refresh's first attempt. Default:
-    /// [`DEFAULT_RETRY_BUDGET`] (30 s).
+    /// [`DEFAULT_RETRY_BUDGET`] (60 s).
     pub fn retry_budget(mut self, budget: Duration) -> Self {
         self.config.retry_budget = budget;
         self

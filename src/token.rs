@@ -10,6 +10,9 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
+/// Expiry used for lifetimes too long to represent: about thirty years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 /// A bearer access token with its expiry.
 ///
 /// Cloning is cheap (an [`Arc`]). The value is a secret: `Debug` redacts it, there is no
@@ -58,7 +61,10 @@ impl AccessToken {
                 value: value.into(),
                 header,
                 issued_at,
-                expires_at: issued_at + expires_in,
+                // "Never expires" (`Duration::MAX`) saturates instead of overflowing.
+                expires_at: issued_at
+                    .checked_add(expires_in)
+                    .unwrap_or_else(|| issued_at + FAR_FUTURE),
             }),
         })
     }
@@ -129,6 +135,12 @@ mod tests {
         assert!(h.is_sensitive());
         assert_eq!(h.to_str().unwrap(), "Bearer abc");
         assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn a_token_that_never_expires_does_not_overflow() {
+        let t = AccessToken::new("forever", Duration::MAX).unwrap();
+        assert!(t.expires_in() > Duration::from_secs(10 * 365 * 24 * 3600));
     }
 
     #[test]
