@@ -145,8 +145,11 @@ pub enum Error {
         host: String,
     },
 
-    /// The refresh was abandoned before it finished (its runtime shut down).
-    #[error("the token refresh was aborted before it finished")]
+    /// The refresh was abandoned before it finished: its runtime shut down, or the token
+    /// source panicked.
+    #[error(
+        "the token refresh was aborted before it finished (runtime shut down or token source panicked)"
+    )]
     RefreshAborted,
 
     /// The provider was used outside a Tokio runtime.

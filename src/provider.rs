@@ -1,6 +1,7 @@
 //! The token cache: lazy, single-flight, proactively refreshed.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -109,6 +110,9 @@ struct Inner {
     /// The cached token with its refresh points: read on the fast path, written only with
     /// `state` held.
     cache: RwLock<Option<Cached>>,
+    /// Whether a refresh is in flight (mirrors `state.refresh`), so that callers in the
+    /// proactive window keep the fast path while the background refresh runs.
+    refreshing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -267,12 +271,20 @@ impl Inner {
         self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The fast path: the cached token if it is before its proactive refresh point.
+    /// The fast path: the cached token if it is before its proactive refresh point, or
+    /// still usable while its replacement is being fetched.
     fn fresh_token(&self, now: Instant) -> Option<AccessToken> {
-        match &*self.read_cache() {
-            Some(cached) if now < cached.refresh_at => Some(cached.token.clone()),
-            _ => None,
-        }
+        let cache = self.read_cache();
+        let cached = cache.as_ref()?;
+        let fresh = now < cached.refresh_at
+            || (now < cached.usable_until && self.refreshing.load(Ordering::Acquire));
+        fresh.then(|| cached.token.clone())
+    }
+
+    /// Sets or clears the in-flight refresh; `state` must be locked.
+    fn set_refresh(&self, state: &mut State, refresh: Option<Refresh>) {
+        self.refreshing.store(refresh.is_some(), Ordering::Release);
+        state.refresh = refresh;
     }
 
     /// Starts one background refresh unless one runs or a cool-down is on.
@@ -291,10 +303,13 @@ impl Inner {
         let (sender, receiver) = watch::channel(None);
         let id = state.next_refresh_id;
         state.next_refresh_id += 1;
-        state.refresh = Some(Refresh {
-            id,
-            outcome: receiver.clone(),
-        });
+        self.set_refresh(
+            state,
+            Some(Refresh {
+                id,
+                outcome: receiver.clone(),
+            }),
+        );
         let inner = Arc::clone(self);
         runtime.spawn(async move {
             // If this task is dropped unfinished, the guard clears the in-flight marker so
@@ -354,7 +369,7 @@ impl Inner {
     fn finish_refresh(&self, id: u64, outcome: &Result<AccessToken>) {
         let mut state = self.lock_state();
         if state.refresh.as_ref().is_some_and(|r| r.id == id) {
-            state.refresh = None;
+            self.set_refresh(&mut state, None);
         }
         let now = Instant::now();
         match outcome {
@@ -384,7 +399,16 @@ impl Drop for RefreshGuard<'_> {
     fn drop(&mut self) {
         let mut state = self.inner.lock_state();
         if state.refresh.as_ref().is_some_and(|r| r.id == self.id) {
-            state.refresh = None;
+            self.inner.set_refresh(&mut state, None);
+            if std::thread::panicking() {
+                // The token source panicked: cool down as after any failure, so callers are
+                // not each re-running a source that panics.
+                tracing::error!("the token source panicked during a refresh");
+                state.failure = Some(Failure {
+                    error: Error::RefreshAborted,
+                    retry_at: Instant::now() + self.inner.config.cooldown,
+                });
+            }
         }
     }
 }
@@ -504,6 +528,7 @@ impl TokenProviderBuilder {
                 source: self.source,
                 config: self.config,
                 cache: RwLock::new(None),
+                refreshing: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }

@@ -462,3 +462,30 @@ async fn an_expired_token_from_a_source_is_an_error() {
         Error::InvalidToken(_)
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_does_not_wedge_or_get_hammered() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let provider = TokenProvider::builder(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                panic!("a buggy token source");
+            }
+            AccessToken::new("recovered", Duration::from_secs(3600))
+        }
+    })
+    .cooldown(Duration::from_secs(5))
+    .build();
+    assert!(matches!(provider.token().await, Err(Error::RefreshAborted)));
+    assert!(matches!(provider.token().await, Err(Error::RefreshAborted)));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no new attempt during the cool-down"
+    );
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(provider.token().await.unwrap().expose_secret(), "recovered");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
