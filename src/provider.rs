@@ -350,7 +350,7 @@ impl Inner {
             let give_up = !error.is_transient()
                 || attempt >= config.max_attempts
                 || delay > config.max_retry_after
-                || started.elapsed() + delay > config.retry_budget;
+                || started.elapsed().saturating_add(delay) > config.retry_budget;
             if give_up {
                 tracing::warn!(attempt, error = %error, "token refresh failed");
                 return Err(error);
@@ -383,7 +383,7 @@ impl Inner {
                 });
                 state.failure = Some(Failure {
                     error: error.clone(),
-                    retry_at: now + wait,
+                    retry_at: later(now, wait),
                 });
             }
         }
@@ -406,7 +406,7 @@ impl Drop for RefreshGuard<'_> {
                 tracing::error!("the token source panicked during a refresh");
                 state.failure = Some(Failure {
                     error: Error::RefreshAborted,
-                    retry_at: Instant::now() + self.inner.config.cooldown,
+                    retry_at: later(Instant::now(), self.inner.config.cooldown),
                 });
             }
         }
@@ -430,6 +430,12 @@ impl Config {
             token,
         }
     }
+}
+
+/// `now + wait`, saturating where a huge setting would overflow `Instant`.
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn check_usable(token: AccessToken) -> Result<AccessToken> {

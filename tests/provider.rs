@@ -489,3 +489,28 @@ async fn a_panicking_source_does_not_wedge_or_get_hammered() {
     assert_eq!(provider.token().await.unwrap().expose_secret(), "recovered");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn absurd_retry_after_and_settings_do_not_overflow() {
+    let server = MockServer::start_async().await;
+    let mock = server
+        .mock_async(|when, then| {
+            when.method(POST).path("/oauth2/token");
+            then.status(429)
+                .header("retry-after", "18446744073709551615");
+        })
+        .await;
+    let provider = TokenProvider::builder(source(&server))
+        .retry_budget(Duration::MAX)
+        .cooldown(Duration::MAX)
+        .build();
+    let e = provider.token().await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(u64::MAX)));
+    // Waiting u64::MAX seconds is over the Retry-After cap: the refresh ends, and the
+    // (saturated) cool-down holds.
+    assert!(matches!(
+        provider.token().await,
+        Err(Error::HttpStatus { status: 429, .. })
+    ));
+    assert_eq!(mock.calls_async().await, 1);
+}

@@ -121,7 +121,8 @@ struct State {
 }
 
 struct IssuedToken {
-    expires_at: Instant,
+    /// `None`: the TTL is too long to represent, so the token does not expire.
+    expires_at: Option<Instant>,
     revoked: bool,
 }
 
@@ -287,7 +288,8 @@ impl Shared {
         state.tokens.insert(
             token.clone(),
             IssuedToken {
-                expires_at: Instant::now() + ttl,
+                // A TTL too long for `Instant` means a token that does not expire.
+                expires_at: Instant::now().checked_add(ttl),
                 revoked: false,
             },
         );
@@ -310,7 +312,9 @@ impl Shared {
             None => Err(TokenCheck::Missing),
             Some(None) => Err(TokenCheck::Unknown),
             Some(Some(issued)) if issued.revoked => Err(TokenCheck::Revoked),
-            Some(Some(issued)) if Instant::now() >= issued.expires_at => Err(TokenCheck::Expired),
+            Some(Some(issued)) if issued.expires_at.is_some_and(|at| Instant::now() >= at) => {
+                Err(TokenCheck::Expired)
+            }
             Some(Some(_)) => Ok(()),
         };
         if let Err(problem) = result {
