@@ -170,14 +170,12 @@ async fn token_url_comes_from_the_credentials_file_account() {
 
 async fn fetch_with_response(status: u16, body: &str) -> (Error, usize) {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(status)
-                .header("content-type", "application/json")
-                .body(body);
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(status)
+            .header("content-type", "application/json")
+            .body(body);
+    })
+    .await;
     let error = source(&server).fetch_token().await.unwrap_err();
     (error, mock.calls_async().await)
 }
@@ -244,23 +242,19 @@ async fn malformed_responses_are_distinct_errors() {
 #[tokio::test]
 async fn retry_after_is_parsed_from_seconds_and_dates() {
     let server = MockServer::start_async().await;
-    server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(429).header("retry-after", "7");
-        })
-        .await;
+    token_endpoint(&server, |then| {
+        then.status(429).header("retry-after", "7");
+    })
+    .await;
     let e = source(&server).fetch_token().await.unwrap_err();
     assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
 
     let server = MockServer::start_async().await;
     let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
-    server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(503).header("retry-after", date.as_str());
-        })
-        .await;
+    token_endpoint(&server, |then| {
+        then.status(503).header("retry-after", date.as_str());
+    })
+    .await;
     let e = source(&server).fetch_token().await.unwrap_err();
     let after = e.retry_after().unwrap();
     assert!(
@@ -280,14 +274,12 @@ async fn connection_refused_is_a_connect_error() {
 #[tokio::test]
 async fn slow_endpoint_times_out() {
     let server = MockServer::start_async().await;
-    server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200)
-                .json_body(token_json("late", 3600))
-                .delay(Duration::from_secs(3));
-        })
-        .await;
+    token_endpoint(&server, |then| {
+        then.status(200)
+            .json_body(token_json("late", 3600))
+            .delay(Duration::from_secs(3));
+    })
+    .await;
     let source = source(&server).timeout(Duration::from_millis(200));
     let e = source.fetch_token().await.unwrap_err();
     assert!(
@@ -310,12 +302,10 @@ async fn oversized_response_is_refused() {
 #[tokio::test]
 async fn empty_credentials_name_the_field() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200).json_body(token_json("tok", 3600));
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(200).json_body(token_json("tok", 3600));
+    })
+    .await;
     let account = ServiceAccount::new(KEY_ID, EMAIL, "");
     let e = JwtBearer::new(account)
         .token_url(server.url("/oauth2/token"))

@@ -54,14 +54,12 @@ async fn requests_carry_the_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_on_a_cold_cache_fetch_one_token() {
     let server = MockServer::start_async().await;
-    let token_mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200)
-                .json_body(token_json("tok", 3600))
-                .delay(Duration::from_millis(50));
-        })
-        .await;
+    let token_mock = token_endpoint(&server, |then| {
+        then.status(200)
+            .json_body(token_json("tok", 3600))
+            .delay(Duration::from_millis(50));
+    })
+    .await;
     let api = server
         .mock_async(|when, then| {
             when.method(GET)
@@ -236,13 +234,11 @@ async fn a_403_is_returned_untouched() {
 #[tokio::test]
 async fn a_token_failure_is_a_downcastable_middleware_error() {
     let server = MockServer::start_async().await;
-    server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(400)
-                .json_body(json!({"error": "invalid_client"}));
-        })
-        .await;
+    token_endpoint(&server, |then| {
+        then.status(400)
+            .json_body(json!({"error": "invalid_client"}));
+    })
+    .await;
     let api = server
         .mock_async(|when, then| {
             when.any_request();

@@ -63,12 +63,10 @@ async fn no_secret_in_debug_display_or_logs() {
         (503, format!("upstream said {TOKEN}")),
     ] {
         let server = MockServer::start_async().await;
-        server
-            .mock_async(|when, then| {
-                when.method(POST).path("/oauth2/token");
-                then.status(status).body(body.clone());
-            })
-            .await;
+        token_endpoint(&server, |then| {
+            then.status(status).body(body.clone());
+        })
+        .await;
         let provider = TokenProvider::builder(common::source(&server))
             .max_attempts(1)
             .build();

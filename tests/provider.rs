@@ -38,14 +38,12 @@ async fn settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_callers_cause_one_token_request() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200)
-                .json_body(token_json("shared", 3600))
-                .delay(Duration::from_millis(50));
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(200)
+            .json_body(token_json("shared", 3600))
+            .delay(Duration::from_millis(50));
+    })
+    .await;
     let provider = TokenProvider::new(source(&server));
     let barrier = Arc::new(Barrier::new(1000));
     let tasks: Vec<_> = (0..1000)
@@ -156,14 +154,12 @@ async fn a_59_second_token_is_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_callers_never_wedge_the_provider() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200)
-                .json_body(token_json("survivor", 3600))
-                .delay(Duration::from_millis(300));
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(200)
+            .json_body(token_json("survivor", 3600))
+            .delay(Duration::from_millis(300));
+    })
+    .await;
     let provider = TokenProvider::new(source(&server));
     let mut kept = Vec::new();
     let mut cancelled = Vec::new();
@@ -191,14 +187,12 @@ async fn cancelled_callers_never_wedge_the_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_caller_cancelled_does_not_cancel_the_refresh() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200)
-                .json_body(token_json("tok", 3600))
-                .delay(Duration::from_millis(200));
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(200)
+            .json_body(token_json("tok", 3600))
+            .delay(Duration::from_millis(200));
+    })
+    .await;
     let provider = TokenProvider::new(source(&server));
     // The caller that starts the refresh goes away at once.
     let first = tokio::time::timeout(Duration::from_millis(20), provider.token()).await;
@@ -259,12 +253,10 @@ async fn retry_after_as_http_date_is_waited_for() {
 #[tokio::test]
 async fn persistent_transient_failure_gives_up_after_max_attempts() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(503);
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(503);
+    })
+    .await;
     let provider = fast_builder(&server).build();
     let e = provider.token().await.unwrap_err();
     assert!(matches!(e, Error::HttpStatus { status: 503, .. }), "{e:?}");
@@ -284,12 +276,10 @@ async fn persistent_transient_failure_gives_up_after_max_attempts() {
 #[tokio::test]
 async fn long_retry_after_ends_the_refresh_and_sets_the_cooldown() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(429).header("retry-after", "120");
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(429).header("retry-after", "120");
+    })
+    .await;
     let provider = fast_builder(&server).build();
     let e = provider.token().await.unwrap_err();
     assert_eq!(e.retry_after(), Some(Duration::from_secs(120)));
@@ -305,14 +295,12 @@ async fn long_retry_after_ends_the_refresh_and_sets_the_cooldown() {
 #[tokio::test]
 async fn invalid_grant_fails_fast_with_one_request() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(400).json_body(serde_json::json!({
-                "error": "invalid_grant", "error_description": "JWT expired"
-            }));
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(400).json_body(serde_json::json!({
+            "error": "invalid_grant", "error_description": "JWT expired"
+        }));
+    })
+    .await;
     let provider = fast_builder(&server).build();
     let e = provider.token().await.unwrap_err();
     assert_eq!(e.oauth_error(), Some("invalid_grant"));
@@ -323,21 +311,17 @@ async fn invalid_grant_fails_fast_with_one_request() {
 #[tokio::test]
 async fn the_provider_recovers_after_an_outage() {
     let server = MockServer::start_async().await;
-    let outage = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(503);
-        })
-        .await;
+    let outage = token_endpoint(&server, |then| {
+        then.status(503);
+    })
+    .await;
     let provider = fast_builder(&server).max_attempts(2).build();
     provider.token().await.unwrap_err();
     outage.delete_async().await;
-    server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200).json_body(token_json("back", 3600));
-        })
-        .await;
+    token_endpoint(&server, |then| {
+        then.status(200).json_body(token_json("back", 3600));
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(250)).await; // the 200 ms cool-down passes
     assert_eq!(provider.token().await.unwrap().expose_secret(), "back");
 }
@@ -393,12 +377,10 @@ async fn a_failed_background_refresh_keeps_the_valid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_invalidations_refresh_once() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(200).json_body(token_json("tok", 3600));
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(200).json_body(token_json("tok", 3600));
+    })
+    .await;
     let provider = TokenProvider::new(source(&server));
     let rejected = provider.token().await.unwrap();
     let barrier = Arc::new(Barrier::new(100));
@@ -493,13 +475,11 @@ async fn a_panicking_source_does_not_wedge_or_get_hammered() {
 #[tokio::test]
 async fn absurd_retry_after_and_settings_do_not_overflow() {
     let server = MockServer::start_async().await;
-    let mock = server
-        .mock_async(|when, then| {
-            when.method(POST).path("/oauth2/token");
-            then.status(429)
-                .header("retry-after", "18446744073709551615");
-        })
-        .await;
+    let mock = token_endpoint(&server, |then| {
+        then.status(429)
+            .header("retry-after", "18446744073709551615");
+    })
+    .await;
     let provider = TokenProvider::builder(source(&server))
         .retry_budget(Duration::MAX)
         .cooldown(Duration::MAX)

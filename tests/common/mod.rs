@@ -166,3 +166,16 @@ pub async fn total_calls(mocks: &[httpmock::Mock<'_>]) -> usize {
     }
     total
 }
+
+/// Mocks `server`'s token endpoint (`POST /oauth2/token`); `answer` sets up the response.
+pub async fn token_endpoint<'a>(
+    server: &'a MockServer,
+    answer: impl FnOnce(httpmock::Then),
+) -> httpmock::Mock<'a> {
+    server
+        .mock_async(|when, then| {
+            when.method("POST").path("/oauth2/token");
+            answer(then);
+        })
+        .await
+}
