@@ -47,7 +47,7 @@ impl AuthPolicy {
         }
         target?;
         let token = self.provider.token().await?;
-        headers.insert(AUTHORIZATION, token.header_value());
+        Self::reauthorize(headers, &token);
         Ok(Some(token))
     }
 
@@ -78,7 +78,7 @@ impl AuthPolicy {
         Ok(Some(fresh))
     }
 
-    /// Sets the retry's `Authorization` header.
+    /// Sets the `Authorization` header to `token` (the first send's, or the retry's).
     pub(crate) fn reauthorize(headers: &mut HeaderMap, token: &AccessToken) {
         headers.insert(AUTHORIZATION, token.header_value());
     }

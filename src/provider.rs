@@ -80,8 +80,8 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 ///   and for a short cool-down callers without a valid token get the last error at once.
 ///
 /// Cloning is cheap and clones share the cache. Reading a cached token takes a read lock,
-/// reads the clock and clones an [`Arc`]: no await, no allocation. Time is [`tokio::time`], so tests can
-/// pause it. Needs a Tokio runtime.
+/// reads the clock and clones an [`Arc`]: no await, no allocation. Time is [`tokio::time`],
+/// so tests can pause it. Needs a Tokio runtime.
 ///
 /// ```
 /// use std::time::Duration;
