@@ -1,4 +1,4 @@
-//! Service account credentials and where to find them.
+//! DT service account credentials, where to find them, and the provider they make.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -6,16 +6,10 @@ use std::path::{Path, PathBuf};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use crate::dt::{ENV_CREDENTIALS_FILE, ENV_EMAIL, ENV_KEY_ID, ENV_SECRET};
 use crate::error::{Error, Result};
-
-/// Names the credentials file to read, in [`ServiceAccount::discover`].
-pub const ENV_CREDENTIALS_FILE: &str = "DT_CREDENTIALS_FILE";
-/// The service account's key id (the JWT `kid`).
-pub const ENV_KEY_ID: &str = "DT_SERVICE_ACCOUNT_KEY_ID";
-/// The service account's secret (the HMAC key).
-pub const ENV_SECRET: &str = "DT_SERVICE_ACCOUNT_SECRET";
-/// The service account's email (the JWT `iss`).
-pub const ENV_EMAIL: &str = "DT_SERVICE_ACCOUNT_EMAIL";
+use crate::grants::jwt_bearer::JwtBearer;
+use crate::provider::TokenProvider;
 
 /// A service account: key id, email and secret, plus the token endpoint when the
 /// credentials file names one.
@@ -54,13 +48,19 @@ impl ServiceAccount {
     }
 
     /// Reads `DT_SERVICE_ACCOUNT_KEY_ID`, `DT_SERVICE_ACCOUNT_SECRET` and
-    /// `DT_SERVICE_ACCOUNT_EMAIL`. A variable that is unset or empty is an
-    /// [`Error::MissingEnvVar`] naming it.
+    /// `DT_SERVICE_ACCOUNT_EMAIL`. Variables that are unset or empty are an
+    /// [`Error::MissingEnvVars`] naming every one of them.
     pub fn from_env() -> Result<Self> {
-        let key_id = required_env(ENV_KEY_ID)?;
-        let secret = required_env(ENV_SECRET)?;
-        let email = required_env(ENV_EMAIL)?;
-        Ok(Self::new(key_id, email, secret))
+        let [key_id, secret, email] = [ENV_KEY_ID, ENV_SECRET, ENV_EMAIL].map(non_empty_env);
+        match (key_id, secret, email) {
+            (Some(key_id), Some(secret), Some(email)) => Ok(Self::new(key_id, email, secret)),
+            _ => Err(Error::MissingEnvVars {
+                names: [ENV_KEY_ID, ENV_SECRET, ENV_EMAIL]
+                    .into_iter()
+                    .filter(|name| non_empty_env(name).is_none())
+                    .collect(),
+            }),
+        }
     }
 
     /// Reads a DT credentials file:
@@ -85,7 +85,8 @@ impl ServiceAccount {
     /// if that is set, else the three `DT_SERVICE_ACCOUNT_*` variables.
     ///
     /// With nothing set at all this is [`Error::NoCredentials`]; with some variables set and
-    /// others missing, an [`Error::MissingEnvVar`] naming the first missing one.
+    /// others missing, an [`Error::MissingEnvVars`] naming every missing one. A file that is
+    /// named but broken is its error, never a fallback to the variables.
     pub fn discover() -> Result<Self> {
         if let Some(path) = non_empty_env(ENV_CREDENTIALS_FILE) {
             return Self::from_file(path);
@@ -129,9 +130,9 @@ impl ServiceAccount {
     /// Checks that no part is empty.
     pub(crate) fn validate(&self) -> Result<()> {
         for (field, value) in [
-            ("key id", self.key_id.as_str()),
-            ("email", self.email.as_str()),
-            ("secret", self.expose_secret()),
+            ("service account key id", self.key_id.as_str()),
+            ("service account email", self.email.as_str()),
+            ("service account secret", self.expose_secret()),
         ] {
             if value.trim().is_empty() {
                 return Err(Error::EmptyCredential { field });
@@ -204,8 +205,14 @@ fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn required_env(name: &'static str) -> Result<String> {
-    non_empty_env(name).ok_or(Error::MissingEnvVar { name })
+impl TokenProvider {
+    /// A provider for the DT service account that [`ServiceAccount::discover`] finds, using
+    /// [`JwtBearer`] with the account's token endpoint (DT's by default). To change the
+    /// grant's settings, build it yourself:
+    /// `TokenProvider::new(JwtBearer::new(ServiceAccount::discover()?).allow_http(true))`.
+    pub fn discover() -> Result<Self> {
+        Ok(Self::new(JwtBearer::new(ServiceAccount::discover()?)))
+    }
 }
 
 impl fmt::Debug for ServiceAccount {

@@ -9,17 +9,19 @@ use std::time::Duration;
 ///
 /// The error is cheap to [`Clone`] so that every caller waiting on one refresh receives the same
 /// outcome. No variant ever carries a secret, a signed assertion or an access token: messages
-/// name *what* is wrong (a variable, a field, the OAuth2 `error` code), never the credential.
+/// name *what* is wrong (a variable, a field, the OAuth2 `error` code), never the credential,
+/// and text a token endpoint sends back is scrubbed of anything secret that was sent to it.
 ///
-/// Use [`Error::is_transient`] to decide whether retrying later can help.
-#[derive(Clone, thiserror::Error)]
+/// Use [`Error::is_transient`] to decide whether retrying later can help, and [`Error::find`]
+/// to get this error out of a `reqwest_middleware::Error` or a tower `BoxError`.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A required environment variable is not set or is empty.
-    #[error("environment variable {name} is not set or is empty")]
-    MissingEnvVar {
-        /// The variable to set, e.g. `DT_SERVICE_ACCOUNT_SECRET`.
-        name: &'static str,
+    /// Some of the required environment variables are not set or are empty.
+    #[error("environment variable{} {} not set or empty", plural(names.len()), names.join(", "))]
+    MissingEnvVars {
+        /// Every variable to set, e.g. `["DT_SERVICE_ACCOUNT_SECRET", "DT_SERVICE_ACCOUNT_EMAIL"]`.
+        names: Vec<&'static str>,
     },
 
     /// Neither a credentials file nor the credential variables are set.
@@ -29,11 +31,11 @@ pub enum Error {
     )]
     NoCredentials,
 
-    /// A service account value is empty (for accounts built with
+    /// A credential value is empty (for credentials built in code, e.g. with
     /// [`ServiceAccount::new`](crate::ServiceAccount::new)).
-    #[error("service account {field} is empty")]
+    #[error("{field} is empty")]
     EmptyCredential {
-        /// Which value is empty: `key id`, `email` or `secret`.
+        /// Which value is empty, e.g. `service account secret` or `client_id`.
         field: &'static str,
     },
 
@@ -43,6 +45,16 @@ pub enum Error {
         /// The file that was read.
         path: PathBuf,
         /// What is wrong, naming the field where there is one.
+        problem: String,
+    },
+
+    /// The assertion file of [`JwtBearer::from_assertion_file`](crate::JwtBearer::from_assertion_file)
+    /// cannot be read or is empty.
+    #[error("assertion file {}: {problem}", path.display())]
+    AssertionFile {
+        /// The file that was read.
+        path: PathBuf,
+        /// What is wrong with it.
         problem: String,
     },
 
@@ -80,6 +92,18 @@ pub enum Error {
         status: u16,
         /// How long the server asked us to wait (`Retry-After`).
         retry_after: Option<Duration>,
+    },
+
+    /// The token endpoint answered with a redirect. Token requests never follow one: the
+    /// request carries a credential, and a redirect could hand it to another server.
+    #[error(
+        "the token endpoint redirected the request{}: token requests are never redirected, \
+         so set the token URL to the endpoint itself",
+        location.as_deref().map(|l| format!(" to {l}")).unwrap_or_default()
+    )]
+    Redirect {
+        /// The origin it pointed to (scheme, host and port; no path or query), if known.
+        location: Option<String>,
     },
 
     /// The token endpoint could not be reached.
@@ -126,6 +150,19 @@ pub enum Error {
     #[error("invalid access token: {0}")]
     InvalidToken(&'static str),
 
+    /// A token source returned a token that is already inside its hard margin (it lives too
+    /// short, or the answer took too long): a failed attempt, retried like a slow network.
+    #[error(
+        "the token source returned a token that expires within its hard margin \
+         (it lives {lifetime:.1?} from the request, and the answer took {latency:.1?})"
+    )]
+    ExpiredOnArrival {
+        /// The token's whole lifetime.
+        lifetime: Duration,
+        /// How long after the request the token arrived.
+        latency: Duration,
+    },
+
     /// A custom [`TokenSource`](crate::TokenSource) failed.
     #[error("token source failed: {source}")]
     Source {
@@ -135,38 +172,70 @@ pub enum Error {
         transient: bool,
     },
 
-    /// The token would be sent over plain http to a host that is not loopback.
+    /// A credential would go over plain http to a host that is not loopback.
     #[error(
-        "refusing to send an access token over plain http to {host}: use https, \
-         or allow it with `allow_http(true)`"
+        "refusing to send {sending} over plain http to {host}: use https, or allow it with \
+         {allow_with}"
     )]
     InsecureTransport {
         /// The host the request was going to.
         host: String,
+        /// What would have been sent, e.g. `the access token` or `the signed JWT assertion`.
+        sending: &'static str,
+        /// How to allow it, naming the setter.
+        allow_with: &'static str,
     },
 
-    /// The refresh was abandoned before it finished: its runtime shut down, or the token
-    /// source panicked.
+    /// A refresh failed after more than one attempt; `last` is the last attempt's error.
+    #[error("token refresh failed after {attempts} attempts over {elapsed:.1?}: {last}")]
+    Retried {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// Time from the first attempt to the end of the last.
+        elapsed: Duration,
+        /// The last attempt's error, which decides [`is_transient`](Error::is_transient).
+        last: Box<Error>,
+    },
+
+    /// The caller waited as long as it may for a token (the provider's
+    /// [`max_wait`](crate::TokenProviderBuilder::max_wait), or the request's own timeout)
+    /// while the refresh was still running. The refresh goes on for later callers.
     #[error(
-        "the token refresh was aborted before it finished (runtime shut down or token source panicked)"
+        "no access token within {waited:.1?}: the token refresh is still running \
+         (attempt {attempt}{})",
+        last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
     )]
+    WaitTimeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The attempt the refresh was on.
+        attempt: u32,
+        /// The error of the refresh's previous attempt, if one failed.
+        last_error: Option<Box<Error>>,
+    },
+
+    /// The token source panicked; the provider cools down as after any failed refresh.
+    #[error("the token refresh was aborted: the token source panicked")]
     RefreshAborted,
 
     /// The provider was used outside a Tokio runtime.
-    #[error("token-refresh needs a Tokio runtime with the time driver enabled")]
+    #[error("token-refresh needs a Tokio runtime: call it from within one")]
     NoRuntime,
+
+    /// The Tokio runtime has no time driver, which the provider needs for its timeouts,
+    /// backoff and expiry.
+    #[error(
+        "the Tokio runtime has no time driver: build it with `enable_time()` or `enable_all()`"
+    )]
+    TimeDisabled,
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn fmt_description(description: Option<&str>) -> String {
     description.map(|d| format!(": {d}")).unwrap_or_default()
-}
-
-impl fmt::Debug for Error {
-    /// `Debug` shows the same text as `Display`: no variant holds a secret, and the shape
-    /// stays readable in `unwrap()` panics and test failures.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Error({self})")
-    }
 }
 
 impl Error {
@@ -198,24 +267,29 @@ impl Error {
     ///
     /// Transient: connection failures, timeouts, broken transfers, HTTP 408, 429 and 5xx
     /// (with or without an OAuth2 body), the OAuth2 codes `temporarily_unavailable` and
-    /// `slow_down`, and sources that said so. Everything else — bad credentials,
-    /// `invalid_grant`, `invalid_client`, malformed responses, configuration — is permanent.
+    /// `slow_down`, a caller's [`WaitTimeout`](Error::WaitTimeout), a token that
+    /// [expired on arrival](Error::ExpiredOnArrival), and sources that said so.
+    /// Everything else — bad credentials, `invalid_grant`, `invalid_client`, malformed
+    /// responses, redirects, configuration — is permanent. A [`Retried`](Error::Retried)
+    /// error is what its last attempt was.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Timeout(_) | Self::Transport(_) => true,
+            Self::WaitTimeout { .. } | Self::ExpiredOnArrival { .. } => true,
             Self::HttpStatus { status, .. } => transient_status(*status),
             Self::OAuth { status, error, .. } => {
                 transient_status(*status)
                     || matches!(error.as_str(), "temporarily_unavailable" | "slow_down")
             }
             Self::Source { transient, .. } => *transient,
+            Self::Retried { last, .. } => last.is_transient(),
             _ => false,
         }
     }
 
     /// The delay the server asked for with `Retry-After`, if any.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.last_attempt() {
             Self::OAuth { retry_after, .. } | Self::HttpStatus { retry_after, .. } => *retry_after,
             _ => None,
         }
@@ -223,10 +297,55 @@ impl Error {
 
     /// The OAuth2 `error` code of an [`Error::OAuth`], e.g. `invalid_grant`.
     pub fn oauth_error(&self) -> Option<&str> {
-        match self {
+        match self.last_attempt() {
             Self::OAuth { error, .. } => Some(error),
             _ => None,
         }
+    }
+
+    /// The error of the last attempt: `last` of a [`Retried`](Error::Retried) error, else
+    /// `self`. Match on this to tell causes apart whatever the number of attempts.
+    pub fn last_attempt(&self) -> &Error {
+        match self {
+            Self::Retried { last, .. } => last.last_attempt(),
+            other => other,
+        }
+    }
+
+    /// Finds this crate's error inside another error: a `reqwest_middleware::Error` (also
+    /// behind `reqwest-retry` and `reqwest-tracing`), a tower `BoxError`, an `anyhow`-style
+    /// chain, or the error itself.
+    ///
+    /// `reqwest_middleware::Error::Middleware` is `#[error(transparent)]` and
+    /// `reqwest-retry` wraps errors in its own type, so neither a plain downcast nor a walk
+    /// of `source()` finds a token error there; this does.
+    ///
+    /// ```
+    /// # fn handle(error: &(dyn std::error::Error + 'static)) {
+    /// if let Some(token_error) = token_refresh::Error::find(error) {
+    ///     eprintln!("no token: {token_error} (transient: {})", token_error.is_transient());
+    /// }
+    /// # }
+    /// ```
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            #[cfg(feature = "reqwest")]
+            if let Some(reqwest_middleware::Error::Middleware(inner)) =
+                error.downcast_ref::<reqwest_middleware::Error>()
+            {
+                // `anyhow::Error::chain` starts with the wrapped error itself, which the
+                // transparent `source()` skips.
+                if let Some(found) = inner.chain().find_map(|e| Error::find(e)) {
+                    return Some(found);
+                }
+            }
+            next = error.source();
+        }
+        None
     }
 }
 
@@ -236,6 +355,56 @@ fn transient_status(status: u16) -> bool {
 
 /// A `Result` whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Text a server sent back, made safe to keep in an [`Error`] and to log: every occurrence
+/// of a credential that was sent to it is replaced, control characters are dropped, and the
+/// length is capped.
+#[derive(Default)]
+pub(crate) struct Scrubber<'a> {
+    secrets: Vec<&'a str>,
+}
+
+/// Longest server text kept in an error, in characters.
+const MAX_SERVER_TEXT: usize = 512;
+
+/// Shortest secret worth scrubbing: shorter strings would match innocent text.
+const MIN_SECRET_LEN: usize = 6;
+
+impl<'a> Scrubber<'a> {
+    /// Scrubs `secret` and, for a JWT, each of its dot-separated parts.
+    pub(crate) fn secret(mut self, secret: &'a str) -> Self {
+        for part in std::iter::once(secret).chain(secret.split('.')) {
+            if part.len() >= MIN_SECRET_LEN && !self.secrets.contains(&part) {
+                self.secrets.push(part);
+            }
+        }
+        self
+    }
+
+    pub(crate) fn text(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        // Longest first, so a whole assertion is replaced before its parts.
+        let mut secrets = self.secrets.clone();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for secret in secrets {
+            if text.contains(secret) {
+                text = text.replace(secret, "[REDACTED]");
+            }
+        }
+        let mut clean: String = text.chars().filter(|c| !c.is_control()).collect();
+        if let Some((cut, _)) = clean.char_indices().nth(MAX_SERVER_TEXT) {
+            clean.truncate(cut);
+            clean.push('…');
+        }
+        clean
+    }
+}
+
+impl fmt::Debug for Scrubber<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scrubber").finish_non_exhaustive()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -263,5 +432,43 @@ mod tests {
         assert_eq!(grant.oauth_error(), Some("invalid_grant"));
         assert!(Error::Connect("refused".into()).is_transient());
         assert!(!Error::MissingField("access_token").is_transient());
+    }
+
+    #[test]
+    fn retried_errors_say_how_often_and_keep_their_last_cause() {
+        let last = Error::Timeout(Duration::from_secs(2));
+        let e = Error::Retried {
+            attempts: 4,
+            elapsed: Duration::from_millis(9_500),
+            last: Box::new(last),
+        };
+        assert!(e.is_transient());
+        assert!(matches!(e.last_attempt(), Error::Timeout(_)));
+        let text = e.to_string();
+        assert!(text.contains("after 4 attempts over 9.5s"), "{text}");
+        assert!(text.contains("timed out after 2s"), "{text}");
+        assert!(format!("{e:?}").starts_with("Retried {"), "{e:?}");
+    }
+
+    #[test]
+    fn missing_variables_are_named_together() {
+        let e = Error::MissingEnvVars {
+            names: vec!["A", "B"],
+        };
+        assert_eq!(e.to_string(), "environment variables A, B not set or empty");
+    }
+
+    #[test]
+    fn scrubber_replaces_secrets_and_caps_length() {
+        let jwt = "eyJhbGciOi.eyJpc3MiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let s = Scrubber::default().secret(jwt).secret("hunter22");
+        let out = s.text(&format!(
+            "bad assertion {jwt} / sig c2lnbmF0dXJlLXNpZ25hdHVyZQ / hunter22\n"
+        ));
+        assert!(!out.contains("c2lnbmF0dXJl"), "{out}");
+        assert!(!out.contains("hunter22"), "{out}");
+        assert!(!out.contains('\n'));
+        let long = s.text(&"x".repeat(10_000));
+        assert!(long.chars().count() <= MAX_SERVER_TEXT + 1);
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,7 +13,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::policy::AuthPolicy;
+use crate::policy::{AuthPolicy, MinValidity, Target, Verdict};
 use crate::provider::TokenProvider;
 
 /// The error type of [`AuthService`]: the inner service's error or a [`crate::Error`],
@@ -61,7 +62,7 @@ impl AuthLayer {
     /// Authenticates requests with tokens from `provider`.
     pub fn new(provider: TokenProvider) -> Self {
         Self {
-            policy: AuthPolicy::new(provider),
+            policy: AuthPolicy::new(provider, "`AuthLayer::allow_http(true)`"),
         }
     }
 
@@ -69,6 +70,15 @@ impl AuthLayer {
     /// the network path can read and reuse such a token. Default: `false`.
     pub fn allow_http(mut self, allow: bool) -> Self {
         self.policy.set_allow_http(allow);
+        self
+    }
+
+    /// Longest time a request waits for a token before it fails with
+    /// [`Error::WaitTimeout`](crate::Error::WaitTimeout): the tower counterpart of a reqwest
+    /// request's own timeout. Default: the provider's
+    /// [`max_wait`](crate::TokenProviderBuilder::max_wait) (30 s).
+    pub fn max_token_wait(mut self, max: Duration) -> Self {
+        self.policy.set_max_token_wait(max);
         self
     }
 }
@@ -158,19 +168,38 @@ where
     S::Error: Into<BoxError>,
     B: ReplayBody,
 {
-    let target = policy.check_target(request.uri().scheme_str(), request.uri().host());
-    let Some(token) = policy.authorize(target, request.headers_mut()).await? else {
-        return service.call(request).await.map_err(Into::into);
+    let target = Target {
+        scheme: request.uri().scheme_str(),
+        host: request.uri().host(),
+        port: request.uri().port_u16(),
     };
+    if !policy.should_attach(&target, request.headers())? {
+        return service.call(request).await.map_err(Into::into);
+    }
+    let min = request.extensions().get::<MinValidity>().copied();
+    let token = match policy.cached_token(min.as_ref()) {
+        Some(token) => token,
+        None => policy.token(min, None).await?,
+    };
+    AuthPolicy::attach(request.headers_mut(), &token);
+    let grpc = AuthPolicy::is_grpc(request.headers());
     let replay = replay_of(&request);
     let response = service.call(request).await.map_err(Into::into)?;
-    let retry = policy
-        .retry_token(response.status(), &token, replay.is_some())
+    match AuthPolicy::verdict(response.status(), response.headers(), grpc) {
+        Verdict::Accepted => {
+            token.mark_accepted();
+            return Ok(response);
+        }
+        Verdict::Other => return Ok(response),
+        Verdict::Rejected => {}
+    }
+    let fresh = policy
+        .after_rejection(&token, replay.is_some(), min, None)
         .await?;
-    match (retry, replay) {
+    match (fresh, replay) {
         (Some(fresh), Some(mut replay)) => {
             drop(response);
-            AuthPolicy::reauthorize(replay.headers_mut(), &fresh);
+            AuthPolicy::attach(replay.headers_mut(), &fresh);
             poll_fn(|cx| service.poll_ready(cx))
                 .await
                 .map_err(Into::into)?;

@@ -37,38 +37,39 @@
 )]
 
 mod credentials;
+pub mod defaults;
+pub mod dt;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;
 mod error;
-mod jwt_bearer;
+mod exchange;
+mod grants;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "reqwest")]
 mod middleware;
-#[cfg(any(feature = "reqwest", feature = "tower"))]
+#[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
 mod policy;
 mod provider;
 mod source;
 mod token;
 mod transport;
 
-pub use credentials::{
-    ENV_CREDENTIALS_FILE, ENV_EMAIL, ENV_KEY_ID, ENV_SECRET, ServiceAccount, parse_credentials_json,
-};
+pub use credentials::ServiceAccount;
+#[doc(hidden)]
+pub use credentials::parse_credentials_json;
 pub use error::{Error, Result};
-pub use jwt_bearer::{
-    DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT, DT_TOKEN_URL, JWT_BEARER_GRANT_TYPE, JwtBearer,
-    MAX_EXPIRES_IN, MAX_RESPONSE_BYTES, parse_token_response,
-};
+#[doc(hidden)]
+pub use exchange::parse_token_response;
+pub use exchange::{TokenEndpoint, TokenRequest};
+pub use grants::client_credentials::{ClientAuth, ClientCredentials};
+pub use grants::jwt_bearer::JwtBearer;
 #[cfg(feature = "tower")]
 pub use layer::{AuthLayer, AuthService, BoxError, ReplayBody, ResponseFuture};
 #[cfg(feature = "reqwest")]
 pub use middleware::AuthMiddleware;
-pub use provider::{
-    DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_COOLDOWN, DEFAULT_FETCH_TIMEOUT,
-    DEFAULT_HARD_MARGIN, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER, DEFAULT_PROACTIVE_MARGIN,
-    DEFAULT_RETRY_BUDGET, TokenProvider, TokenProviderBuilder,
-};
+pub use policy::MinValidity;
+pub use provider::{TokenProvider, TokenProviderBuilder};
 pub use source::TokenSource;
 pub use token::AccessToken;

@@ -1,15 +1,19 @@
 //! [`AuthMiddleware`]: authenticates requests of a `reqwest-middleware` client.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
+use tokio::time::Instant;
 
-use crate::policy::AuthPolicy;
+use crate::policy::{AuthPolicy, MinValidity, Target, Verdict};
 use crate::provider::TokenProvider;
+use crate::transport::origin_of;
 
 /// A `reqwest-middleware` middleware that attaches `Authorization: Bearer <token>` from a
-/// [`TokenProvider`] and resends a request once with a fresh token after a 401.
+/// [`TokenProvider`] and resends a request once with a fresh token after a rejection.
 ///
 /// # Example
 ///
@@ -26,7 +30,7 @@ use crate::provider::TokenProvider;
 /// let emulator = Emulator::start().await?;
 /// let provider = TokenProvider::new(JwtBearer::new(emulator.account()));
 /// let client = ClientBuilder::new(reqwest::Client::new())
-///     .with(AuthMiddleware::new(provider))
+///     .with(AuthMiddleware::new(provider).for_origin(&emulator.origin()))
 ///     .build();
 ///
 /// let response = client
@@ -41,14 +45,25 @@ use crate::provider::TokenProvider;
 ///
 /// # Behaviour
 ///
-/// - A request that already has an `Authorization` header is sent as it is.
-/// - On 401 the token the request carried is invalidated; if the request body can be cloned
-///   (`Request::try_clone`) it is resent once with a fresh token, else the 401 is returned.
-///   A 403 is returned untouched. If the provider cannot get a new token, the caller gets
-///   that error; if it returns the rejected token again, the caller gets the 401.
+/// - A request that already has an `Authorization` header is sent as it is; so is one to an
+///   origin the tokens are not bound to ([`for_origin`](Self::for_origin)).
+/// - The request's own timeout (`RequestBuilder::timeout`) bounds the token wait and the
+///   send together; without one, the provider's
+///   [`max_wait`](crate::TokenProviderBuilder::max_wait) bounds the token wait.
+/// - A request extension [`MinValidity`] (`RequestBuilder::with_extension`) asks for a
+///   token that lasts at least that long.
+/// - On a rejection — HTTP 401, or `grpc-status: 16` in the headers of a gRPC response — the
+///   token the request carried is reported to the provider
+///   ([`TokenProvider::reject`]), and if the request body can be cloned
+///   (`Request::try_clone`: any body but a stream) it is resent once with a fresh token.
+///   Else, or inside the provider's storm guard, the rejection is returned as it is.
+///   A 403, gRPC `PERMISSION_DENIED`, a 401 whose `WWW-Authenticate` says
+///   `insufficient_scope`, and a 401 from another origin than the request's (a redirect
+///   target that was not sent the token) refresh nothing.
 /// - Tokens go only over https or to loopback hosts, unless [`allow_http`](Self::allow_http).
-/// - Token errors are `reqwest_middleware::Error::Middleware`, downcastable to
-///   [`crate::Error`].
+/// - Token errors are `reqwest_middleware::Error::Middleware`;
+///   [`Error::find`](crate::Error::find) gets the [`crate::Error`] out of it, also behind
+///   `reqwest-retry` and `reqwest-tracing`.
 ///
 /// # Composing with other middleware
 ///
@@ -56,12 +71,12 @@ use crate::provider::TokenProvider;
 ///
 /// - **`reqwest-retry`**: add `RetryTransientMiddleware` *before* `AuthMiddleware`. Each
 ///   retry then passes through `AuthMiddleware` again and picks up the current token (a
-///   retry after a long backoff may need a refreshed one), and the single 401 resend stays
+///   retry after a long backoff may need a refreshed one), and the single resend stays
 ///   inside one retry attempt instead of multiplying with it. Token errors are not retried
 ///   by it: they are middleware errors, and the provider has already retried transient
 ///   token-endpoint failures with its own backoff.
 /// - **`reqwest-tracing`**: add `TracingMiddleware` *before* `AuthMiddleware` for one span per
-///   logical call that covers the token wait and any 401 resend; after it, for one span per
+///   logical call that covers the token wait and any resend; after it, for one span per
 ///   request sent. The header is marked sensitive either way, and neither logs its value.
 ///
 /// ```text
@@ -71,6 +86,14 @@ use crate::provider::TokenProvider;
 ///     .with(AuthMiddleware::new(provider))                  // innermost: token per attempt
 ///     .build()
 /// ```
+///
+/// # Redirects
+///
+/// The middleware runs before reqwest follows redirects. reqwest drops `Authorization` on a
+/// redirect to another origin, but (through tower-http 0.6) puts it back on a *second*
+/// redirect within that other origin. Build the client with
+/// [`AuthMiddleware::redirect_policy`] so that a redirect to another origin is returned
+/// instead of followed, and bind tokens with [`for_origin`](Self::for_origin).
 #[derive(Clone, Debug)]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub struct AuthMiddleware {
@@ -81,7 +104,7 @@ impl AuthMiddleware {
     /// Authenticates requests with tokens from `provider`.
     pub fn new(provider: TokenProvider) -> Self {
         Self {
-            policy: AuthPolicy::new(provider),
+            policy: AuthPolicy::new(provider, "`AuthMiddleware::allow_http(true)`"),
         }
     }
 
@@ -90,6 +113,39 @@ impl AuthMiddleware {
     pub fn allow_http(mut self, allow: bool) -> Self {
         self.policy.set_allow_http(allow);
         self
+    }
+
+    /// Longest time a request waits for a token before it fails with
+    /// [`Error::WaitTimeout`](crate::Error::WaitTimeout) (a request's own timeout, `RequestBuilder::timeout`, bounds it too). Default: the provider's
+    /// [`max_wait`](crate::TokenProviderBuilder::max_wait) (30 s).
+    pub fn max_token_wait(mut self, max: Duration) -> Self {
+        self.policy.set_max_token_wait(max);
+        self
+    }
+
+    /// Binds tokens to `origin` (`scheme://host[:port]`, e.g. `https://api.example.com`):
+    /// requests to any other origin are sent on without a token. Call it again to add more
+    /// origins. An origin that does not parse makes every request fail with
+    /// [`Error::Config`](crate::Error::Config). Default: every origin.
+    pub fn for_origin(mut self, origin: &str) -> Self {
+        self.policy.add_origin(origin);
+        self
+    }
+
+    /// A redirect policy for the `reqwest::Client` under this middleware: follows up to ten
+    /// redirects within the request's origin and returns a redirect to another origin
+    /// instead of following it, so the token never follows a request elsewhere.
+    pub fn redirect_policy() -> reqwest::redirect::Policy {
+        reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().map(origin_of);
+            if attempt.previous().len() > 10 {
+                attempt.error("too many redirects")
+            } else if first.as_deref() == Some(origin_of(attempt.url()).as_str()) {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        })
     }
 }
 
@@ -101,31 +157,74 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let target = self
-            .policy
-            .check_target(Some(req.url().scheme()), req.url().host_str());
-        let token = self
-            .policy
-            .authorize(target, req.headers_mut())
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
-        let Some(token) = token else {
-            return next.run(req, extensions).await;
+        let url = req.url();
+        let target = Target {
+            scheme: Some(url.scheme()),
+            host: url.host_str(),
+            port: url.port_or_known_default(),
         };
+        let attach = self
+            .policy
+            .should_attach(&target, req.headers())
+            .map_err(reqwest_middleware::Error::middleware)?;
+        if !attach {
+            return next.run(req, extensions).await;
+        }
+        let min = extensions.get::<MinValidity>().copied();
+        let deadline = req.timeout().map(|t| Instant::now() + *t);
+        let token = match self.policy.cached_token(min.as_ref()) {
+            Some(token) => token,
+            None => self
+                .policy
+                .token(min, deadline)
+                .await
+                .map_err(reqwest_middleware::Error::middleware)?,
+        };
+        AuthPolicy::attach(req.headers_mut(), &token);
+        set_remaining(&mut req, deadline);
+        let grpc = AuthPolicy::is_grpc(req.headers());
+        let origin = req.url().origin();
         let replay = req.try_clone();
         let response = next.clone().run(req, extensions).await?;
-        let retry = self
+        if response.url().origin() != origin {
+            // A redirect took the request elsewhere: this answer says nothing of the token.
+            return Ok(response);
+        }
+        match AuthPolicy::verdict(response.status(), response.headers(), grpc) {
+            Verdict::Accepted => {
+                token.mark_accepted();
+                return Ok(response);
+            }
+            Verdict::Other => return Ok(response),
+            Verdict::Rejected => {}
+        }
+        let fresh = self
             .policy
-            .retry_token(response.status(), &token, replay.is_some())
+            .after_rejection(&token, replay.is_some(), min, deadline)
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        match (retry, replay) {
+        match (fresh, replay) {
             (Some(fresh), Some(mut replay)) => {
                 drop(response);
-                AuthPolicy::reauthorize(replay.headers_mut(), &fresh);
-                next.run(replay, extensions).await
+                AuthPolicy::attach(replay.headers_mut(), &fresh);
+                set_remaining(&mut replay, deadline);
+                let response = next.run(replay, extensions).await?;
+                if AuthPolicy::verdict(response.status(), response.headers(), grpc)
+                    == Verdict::Accepted
+                {
+                    fresh.mark_accepted();
+                }
+                Ok(response)
             }
             _ => Ok(response),
         }
+    }
+}
+
+/// Shrinks the request's timeout to what is left of it, so the token wait and the send
+/// share one budget.
+fn set_remaining(req: &mut Request, deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        *req.timeout_mut() = Some(deadline.saturating_duration_since(Instant::now()));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -30,12 +31,17 @@ struct Inner {
     header: HeaderValue,
     issued_at: Instant,
     expires_at: Instant,
+    /// Whether a server has accepted the token at least once (a response that was not a
+    /// rejection): the storm guard treats the rejection of a token that never worked as a
+    /// sign that fresh tokens do not help.
+    accepted: AtomicBool,
 }
 
 impl AccessToken {
     /// A token issued now that lives for `expires_in`.
     ///
-    /// Fails if the value is empty or cannot be sent in an HTTP header.
+    /// Fails unless the value is an RFC 6750 §2.1 `b64token`: ASCII letters, digits and
+    /// `-._~+/`, optionally followed by `=` padding; no spaces or other characters.
     pub fn new(value: impl Into<String>, expires_in: Duration) -> Result<Self> {
         Self::issued_at(value, Instant::now(), expires_in)
     }
@@ -43,7 +49,7 @@ impl AccessToken {
     /// A token whose lifetime counts from `issued_at`: use the instant the token request was
     /// *sent*, so network latency shortens the token's life instead of extending it.
     ///
-    /// Fails if the value is empty or cannot be sent in an HTTP header.
+    /// Fails unless the value is an RFC 6750 `b64token`, as [`new`](Self::new).
     pub fn issued_at(
         value: impl Into<String>,
         issued_at: Instant,
@@ -52,6 +58,11 @@ impl AccessToken {
         let value = value.into();
         if value.is_empty() {
             return Err(Error::InvalidToken("the token is empty"));
+        }
+        if !is_b64token(&value) {
+            return Err(Error::InvalidToken(
+                "the token is not an RFC 6750 b64token (letters, digits, -._~+/ and trailing =)",
+            ));
         }
         let mut header = HeaderValue::try_from(format!("Bearer {value}"))
             .map_err(|_| Error::InvalidToken("the token has characters not allowed in a header"))?;
@@ -65,6 +76,7 @@ impl AccessToken {
                 expires_at: issued_at
                     .checked_add(expires_in)
                     .unwrap_or_else(|| issued_at + FAR_FUTURE),
+                accepted: AtomicBool::new(false),
             }),
         })
     }
@@ -108,11 +120,33 @@ impl AccessToken {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// Records that a server accepted the token. Cheap: one relaxed load once it is set.
+    #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
+    pub(crate) fn mark_accepted(&self) {
+        if !self.inner.accepted.load(Ordering::Relaxed) {
+            self.inner.accepted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a server accepted the token at least once.
+    pub(crate) fn was_accepted(&self) -> bool {
+        self.inner.accepted.load(Ordering::Relaxed)
+    }
+
     /// Whether both tokens carry the same value.
     #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
     pub(crate) fn same_value(&self, other: &Self) -> bool {
         self.expose_secret() == other.expose_secret()
     }
+}
+
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub(crate) fn is_b64token(value: &str) -> bool {
+    let body = value.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 impl fmt::Debug for AccessToken {
@@ -145,7 +179,27 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(AccessToken::new("", Duration::from_secs(1)).is_err());
-        assert!(AccessToken::new("a\nb", Duration::from_secs(1)).is_err());
+        for bad in [
+            "",
+            "a\nb",
+            "Bearer abc",
+            " abc",
+            "abc ",
+            "a\tb",
+            "tökén",
+            "==",
+            "a=b",
+        ] {
+            assert!(
+                AccessToken::new(bad, Duration::from_secs(1)).is_err(),
+                "{bad:?}"
+            );
+        }
+        for good in ["abc", "ya29.a0-_~+/", "YWJj==", "eyJ.eyJ.sig"] {
+            assert!(
+                AccessToken::new(good, Duration::from_secs(1)).is_ok(),
+                "{good:?}"
+            );
+        }
     }
 }

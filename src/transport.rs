@@ -12,24 +12,29 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refuses plain `http` to a host that is not loopback unless `allow_http`.
+/// Refuses plain `http` to a host that is not loopback unless `allow_http`. `sending` and
+/// `allow_with` go into the error: what would have been sent, and how to allow it.
 pub(crate) fn check_transport(
     scheme: Option<&str>,
     host: Option<&str>,
     allow_http: bool,
+    sending: &'static str,
+    allow_with: &'static str,
 ) -> Result<()> {
     let insecure = scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"));
     if insecure && !allow_http && !host.is_some_and(is_loopback_host) {
         return Err(Error::InsecureTransport {
             host: host.unwrap_or_default().to_owned(),
+            sending,
+            allow_with,
         });
     }
     Ok(())
 }
 
-/// [`check_transport`] for a `reqwest` URL.
-pub(crate) fn check_url_transport(url: &reqwest::Url, allow_http: bool) -> Result<()> {
-    check_transport(Some(url.scheme()), url.host_str(), allow_http)
+/// The origin of `url` (scheme, host, port; no path), e.g. `https://auth.example.com`.
+pub(crate) fn origin_of(url: &reqwest::Url) -> String {
+    url.origin().ascii_serialization()
 }
 
 #[cfg(test)]
@@ -55,12 +60,14 @@ mod tests {
 
     #[test]
     fn plain_http_policy() {
-        assert!(check_transport(Some("https"), Some("example.com"), false).is_ok());
-        assert!(check_transport(Some("http"), Some("127.0.0.1"), false).is_ok());
+        let check =
+            |scheme, host, allow| check_transport(Some(scheme), Some(host), allow, "it", "x");
+        assert!(check("https", "example.com", false).is_ok());
+        assert!(check("http", "127.0.0.1", false).is_ok());
         assert!(matches!(
-            check_transport(Some("http"), Some("example.com"), false),
-            Err(Error::InsecureTransport { host }) if host == "example.com"
+            check("http", "example.com", false),
+            Err(Error::InsecureTransport { host, .. }) if host == "example.com"
         ));
-        assert!(check_transport(Some("http"), Some("example.com"), true).is_ok());
+        assert!(check("http", "example.com", true).is_ok());
     }
 }

@@ -103,15 +103,32 @@ fn empty_variable_is_named() {
     )
     .unwrap_err();
     assert!(
-        matches!(
-            e,
-            Error::MissingEnvVar {
-                name: "DT_SERVICE_ACCOUNT_SECRET"
-            }
-        ),
+        matches!(&e, Error::MissingEnvVars { names } if names == &["DT_SERVICE_ACCOUNT_SECRET"]),
         "{e:?}"
     );
     assert!(e.to_string().contains("DT_SERVICE_ACCOUNT_SECRET"));
+}
+
+#[test]
+fn every_missing_variable_is_named_at_once() {
+    let e = with_env(
+        &[("DT_SERVICE_ACCOUNT_KEY_ID", "kid")],
+        ServiceAccount::discover,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::MissingEnvVars { names }
+                if names == &["DT_SERVICE_ACCOUNT_SECRET", "DT_SERVICE_ACCOUNT_EMAIL"]
+        ),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("DT_SERVICE_ACCOUNT_SECRET, DT_SERVICE_ACCOUNT_EMAIL"),
+        "{text}"
+    );
 }
 
 #[test]

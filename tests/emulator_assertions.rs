@@ -51,7 +51,7 @@ impl Assertion {
     }
 
     fn sign(&self) -> String {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         let key = EncodingKey::from_secret(self.secret.as_bytes());

@@ -293,7 +293,7 @@ async fn slow_endpoint_times_out() {
 async fn oversized_response_is_refused() {
     let big = format!(
         r#"{{"access_token":"{}","token_type":"bearer"}}"#,
-        "a".repeat(token_refresh::MAX_RESPONSE_BYTES)
+        "a".repeat(token_refresh::defaults::MAX_RESPONSE_BYTES)
     );
     let (e, _) = fetch_with_response(200, &big).await;
     assert!(matches!(e, Error::ResponseTooLarge { .. }), "{e:?}");
@@ -313,7 +313,12 @@ async fn empty_credentials_name_the_field() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, Error::EmptyCredential { field: "secret" }),
+        matches!(
+            e,
+            Error::EmptyCredential {
+                field: "service account secret"
+            }
+        ),
         "{e:?}"
     );
     assert_eq!(
@@ -328,8 +333,13 @@ async fn plain_http_token_url_must_be_loopback() {
     let source = JwtBearer::new(account()).token_url("http://identity.example.com/oauth2/token");
     let e = source.fetch_token().await.unwrap_err();
     assert!(
-        matches!(&e, Error::InsecureTransport { host } if host == "identity.example.com"),
+        matches!(&e, Error::InsecureTransport { host, .. } if host == "identity.example.com"),
         "{e:?}"
     );
-    assert!(e.to_string().contains("allow_http"));
+    // It says what would go, which setter allows it, and how for a discovered provider.
+    let text = e.to_string();
+    assert!(text.contains("the signed JWT assertion"), "{text}");
+    assert!(text.contains("JwtBearer::allow_http(true)"), "{text}");
+    assert!(text.contains("TokenProvider::discover()"), "{text}");
+    assert!(!text.contains("access token"), "{text}");
 }

@@ -10,9 +10,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Map, Value, json};
-use token_refresh::{
-    DEFAULT_EXPIRES_IN, Error, MAX_EXPIRES_IN, parse_credentials_json, parse_token_response,
-};
+use token_refresh::defaults::{DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN};
+use token_refresh::{Error, parse_credentials_json, parse_token_response};
 use tokio::time::Instant;
 
 fn config() -> ProptestConfig {
@@ -204,6 +203,15 @@ fn is_marker(secret: &str, body: &[u8]) -> bool {
     secret.len() >= 12 && body.matches(secret).count() == 1
 }
 
+/// RFC 6750 §2.1 `b64token`, written out independently of the crate's check.
+fn is_b64token(value: &str) -> bool {
+    let body = value.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~+/".contains(c))
+}
+
 /// Everything `parse_token_response` promises about one input.
 fn check_token_response(
     status: u16,
@@ -230,6 +238,10 @@ fn check_token_response(
             );
             prop_assert!(matches!(object.get("token_type"), Some(Value::String(t))
                     if t.eq_ignore_ascii_case("bearer")));
+            prop_assert!(
+                is_b64token(token.expose_secret()),
+                "not a b64token accepted"
+            );
             prop_assert_eq!(token.issued_at_instant(), sent_at);
             let lifetime = token.lifetime();
             prop_assert!(lifetime >= Duration::from_secs(1), "{lifetime:?}");
@@ -341,7 +353,7 @@ proptest! {
 
     #[test]
     fn well_formed_token_response_round_trips(
-        token in "[!-~]{1,200}",
+        token in "[A-Za-z0-9._~+/-]{1,200}={0,2}",
         expires_in in 1u64..=86_400,
         token_type in "[bB][eE][aA][rR][eE][rR]",
         as_string in any::<bool>(),

@@ -259,17 +259,29 @@ async fn persistent_transient_failure_gives_up_after_max_attempts() {
     .await;
     let provider = fast_builder(&server).build();
     let e = provider.token().await.unwrap_err();
-    assert!(matches!(e, Error::HttpStatus { status: 503, .. }), "{e:?}");
+    assert!(
+        matches!(e, Error::Retried { attempts, .. } if attempts == token_refresh::defaults::DEFAULT_MAX_ATTEMPTS),
+        "{e:?}"
+    );
+    assert!(
+        matches!(e.last_attempt(), Error::HttpStatus { status: 503, .. }),
+        "{e:?}"
+    );
+    assert!(e.is_transient());
+    assert!(e.to_string().contains("after 4 attempts"), "{e}");
     assert_eq!(
         mock.calls_async().await,
-        token_refresh::DEFAULT_MAX_ATTEMPTS as usize
+        token_refresh::defaults::DEFAULT_MAX_ATTEMPTS as usize
     );
     // During the cool-down callers get the error at once, without a request.
     let again = provider.token().await.unwrap_err();
-    assert!(matches!(again, Error::HttpStatus { status: 503, .. }));
+    assert!(matches!(
+        again.last_attempt(),
+        Error::HttpStatus { status: 503, .. }
+    ));
     assert_eq!(
         mock.calls_async().await,
-        token_refresh::DEFAULT_MAX_ATTEMPTS as usize
+        token_refresh::defaults::DEFAULT_MAX_ATTEMPTS as usize
     );
 }
 
@@ -364,7 +376,7 @@ async fn a_failed_background_refresh_keeps_the_valid_token() {
         2,
         "no retry during the cool-down"
     );
-    advance(token_refresh::DEFAULT_COOLDOWN).await;
+    advance(token_refresh::defaults::DEFAULT_COOLDOWN).await;
     assert!(provider.token().await.unwrap().ptr_eq(&t1));
     settle().await;
     assert_eq!(
@@ -429,9 +441,10 @@ async fn a_hanging_source_times_out() {
     .build();
     let e = provider.token().await.unwrap_err();
     assert!(
-        matches!(e, Error::Timeout(d) if d == Duration::from_secs(5)),
+        matches!(e.last_attempt(), Error::Timeout(d) if *d == Duration::from_secs(5)),
         "{e:?}"
     );
+    assert!(matches!(e, Error::Retried { attempts: 2, .. }), "{e:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -441,7 +454,7 @@ async fn an_expired_token_from_a_source_is_an_error() {
         .build();
     assert!(matches!(
         provider.token().await.unwrap_err(),
-        Error::InvalidToken(_)
+        Error::ExpiredOnArrival { .. }
     ));
 }
 

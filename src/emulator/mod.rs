@@ -169,6 +169,12 @@ impl Emulator {
         format!("http://{}{}", self.addr, server::API_PREFIX)
     }
 
+    /// The origin of both the token endpoint and the API, `http://127.0.0.1:PORT`: what to
+    /// bind tokens to with `for_origin`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::JWT_BEARER_GRANT_TYPE;
+use crate::JwtBearer;
 use crate::ServiceAccount;
 
 /// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
@@ -60,10 +60,10 @@ pub(super) fn check_token_request(
     let form = parse_form(body)?;
     match form.get("grant_type") {
         None => return Err(Rejection::request("the grant_type parameter is missing")),
-        Some(grant) if grant != JWT_BEARER_GRANT_TYPE => {
+        Some(grant) if grant != JwtBearer::GRANT_TYPE => {
             return Err(Rejection::new(
                 "unsupported_grant_type",
-                format!("grant_type must be {JWT_BEARER_GRANT_TYPE}"),
+                format!("grant_type must be {}", JwtBearer::GRANT_TYPE),
             ));
         }
         Some(_) => {}
@@ -165,7 +165,7 @@ fn check_assertion(
     validation.set_audience(&[token_url]);
     validation.set_issuer(&[account.email()]);
     validation.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
-    crate::jwt_bearer::install_crypto_provider();
+    crate::grants::jwt_bearer::install_crypto_provider();
     let key = DecodingKey::from_secret(account.expose_secret().as_bytes());
     let claims = jsonwebtoken::decode::<Claims>(assertion, &key, &validation)
         .map_err(|e| Rejection::grant(describe(e.kind(), token_url)))?

@@ -179,3 +179,130 @@ pub async fn token_endpoint<'a>(
         })
         .await
 }
+
+/// What [`serve`] got: the request head and its whole body.
+pub struct Received {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP/1.1 server on loopback whose every answer comes from `answer`, which sees each
+/// request whole. It counts requests and stops when dropped.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn serve<F>(answer: F) -> Served
+where
+    F: Fn(Received) -> http::Response<String> + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answer = Arc::new(answer);
+    let counter = requests.clone();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let (answer, counter) = (answer.clone(), counter.clone());
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let (answer, counter) = (answer.clone(), counter.clone());
+                        async move {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let response = answer(Received {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                            });
+                            Ok::<_, std::convert::Infallible>(
+                                response.map(|b| http_body_util::Full::new(bytes::Bytes::from(b))),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Served {
+        addr,
+        requests,
+        task,
+    }
+}
+
+/// A response with `status`, JSON `body` and extra `headers`.
+pub fn json_response(
+    status: u16,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> http::Response<String> {
+    let mut response = http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    response.body(body.to_string()).unwrap()
+}
+
+/// The value of form parameter `name` in a urlencoded `body`.
+pub fn form_value(body: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(body).split('&').find_map(|pair| {
+        let (n, v) = pair.split_once('=')?;
+        (n == name).then(|| {
+            let v = v.replace('+', " ");
+            percent_decode(&v)
+        })
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

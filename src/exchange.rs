@@ -1,0 +1,613 @@
+//! The token-endpoint exchange every grant shares: a form POST, and its RFC 6749 §5.1 / §5.2
+//! answer turned into a token or a precise error.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::defaults::{
+    CONNECT_TIMEOUT, DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT, MAX_EXPIRES_IN,
+    MAX_RESPONSE_BYTES,
+};
+use crate::error::{Error, Result, Scrubber};
+use crate::token::{AccessToken, is_b64token};
+use crate::transport::{check_transport, origin_of};
+
+const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+
+/// An OAuth2 token endpoint: where every grant sends its form POST.
+///
+/// The built-in grants ([`JwtBearer`](crate::JwtBearer),
+/// [`ClientCredentials`](crate::ClientCredentials)) use it, and so can any other grant in a
+/// few lines (a refresh token, a password grant, a token exchange): build a
+/// [`TokenRequest`] with [`request`](Self::request), add parameters, [`send`](TokenRequest::send)
+/// it. What every token request gets:
+///
+/// - its own plain `reqwest::Client`, built on first use: no redirects, no connection reuse
+///   (a pooled connection belongs to the Tokio runtime that opened it), no proxy for a
+///   plain-http URL (the loopback exemption must not hand credentials to a proxy), a
+///   [`DEFAULT_REQUEST_TIMEOUT`](crate::defaults::DEFAULT_REQUEST_TIMEOUT) request timeout,
+///   a connect timeout and a `User-Agent` naming this crate;
+/// - plain `http://` only to loopback hosts, unless [`allow_http`](Self::allow_http);
+/// - a response read of at most [`MAX_RESPONSE_BYTES`](crate::defaults::MAX_RESPONSE_BYTES);
+/// - RFC 6749 §5.1 / §5.2 parsing: `token_type` in any case of `bearer`, `expires_in`
+///   missing (one hour), as a string, or implausibly long (capped at a day), an `error` body
+///   even with status 200, `Retry-After` in seconds or as an HTTP-date (measured against the
+///   server's `Date`);
+/// - the transient / permanent split of [`Error::is_transient`];
+/// - no redirect is followed, whatever client is supplied: the body is sent so that no
+///   client can resend it to a 307's target, and an answer from another origin is refused;
+/// - every secret parameter scrubbed from whatever text the server sends back.
+///
+/// ```
+/// use token_refresh::{AccessToken, TokenEndpoint, TokenProvider};
+///
+/// // An RFC 6749 §6 refresh-token grant as a token source.
+/// let endpoint = TokenEndpoint::new("https://auth.example.com/oauth2/token");
+/// let refresh_token = String::from("r3fr3sh");
+/// let provider = TokenProvider::new(move || {
+///     let (endpoint, refresh_token) = (endpoint.clone(), refresh_token.clone());
+///     async move {
+///         endpoint
+///             .request()
+///             .param("grant_type", "refresh_token")
+///             .secret_param("refresh_token", &refresh_token)
+///             .send()
+///             .await
+///     }
+/// });
+/// # drop(provider);
+/// ```
+#[derive(Clone)]
+pub struct TokenEndpoint {
+    url: String,
+    allow_http: bool,
+    timeout: Duration,
+    client: Arc<OnceLock<reqwest::Client>>,
+}
+
+impl TokenEndpoint {
+    /// The endpoint at `url`. Does no I/O; the URL is checked at the first request.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            allow_http: false,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            client: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Allows a plain `http://` URL on a host that is not loopback. What a token request
+    /// carries (an assertion, a client secret) can be exchanged for tokens, so this is off
+    /// by default; loopback hosts (tests, emulators) are always allowed. Default: `false`.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+
+    /// The timeout of one token request, connect to last byte. Default:
+    /// [`DEFAULT_REQUEST_TIMEOUT`](crate::defaults::DEFAULT_REQUEST_TIMEOUT) (10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Uses `client` instead of the built-in one (for a proxy, custom roots, a client
+    /// certificate). Whatever its redirect policy, no token request is redirected. It must
+    /// not carry middleware that attaches this provider's tokens, and a pooled connection of
+    /// a client shared between Tokio runtimes can stall when the runtime that opened it
+    /// stops. The [`timeout`](Self::timeout) still applies. Default: a plain client without
+    /// redirects, proxies for plain http, or connection reuse, built on first use.
+    pub fn http_client(self, client: reqwest::Client) -> Self {
+        Self {
+            client: Arc::new(OnceLock::from(client)),
+            ..self
+        }
+    }
+
+    /// The token URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The same endpoint settings for another URL.
+    pub(crate) fn with_url(mut self, url: String) -> Self {
+        self.url = url;
+        self
+    }
+
+    /// Starts a form POST to this endpoint.
+    pub fn request(&self) -> TokenRequest<'_> {
+        TokenRequest {
+            endpoint: self,
+            form: String::new(),
+            basic: None,
+            scrubber: Scrubber::default(),
+            sending: "the token request's credentials",
+            allow_with: "`TokenEndpoint::allow_http(true)`",
+        }
+    }
+
+    fn client(&self, url: &reqwest::Url) -> Result<&reqwest::Client> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(USER_AGENT);
+        if url.scheme() == "http" {
+            builder = builder.no_proxy();
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(self.client.get_or_init(|| client))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::Timeout(self.timeout)
+        } else if e.is_connect() {
+            Error::Connect(error_chain(e))
+        } else {
+            Error::Transport(error_chain(e))
+        }
+    }
+}
+
+impl fmt::Debug for TokenEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("url", &self.url)
+            .field("allow_http", &self.allow_http)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One token request being built; from [`TokenEndpoint::request`].
+pub struct TokenRequest<'a> {
+    endpoint: &'a TokenEndpoint,
+    form: String,
+    basic: Option<SecretString>,
+    scrubber: Scrubber<'a>,
+    sending: &'static str,
+    allow_with: &'static str,
+}
+
+impl<'a> TokenRequest<'a> {
+    /// Adds a form parameter that is not secret (`grant_type`, `scope`, `audience`, …).
+    pub fn param(mut self, name: &str, value: &str) -> Self {
+        self.append(name, value);
+        self
+    }
+
+    /// Adds a secret form parameter (`assertion`, `client_secret`, `refresh_token`, …):
+    /// scrubbed from any text the server sends back.
+    pub fn secret_param(mut self, name: &str, value: &'a str) -> Self {
+        self.append(name, value);
+        self.scrubber = self.scrubber.secret(value);
+        self
+    }
+
+    /// Authenticates the client with HTTP Basic (RFC 6749 §2.3.1): id and secret are each
+    /// form-urlencoded, joined with `:` and Base64-encoded. The secret is scrubbed from the
+    /// server's answer.
+    pub fn basic_auth(mut self, client_id: &'a str, client_secret: &'a str) -> Self {
+        use base64::Engine as _;
+        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encode(client_id),
+            encode(client_secret)
+        ));
+        self.scrubber = self.scrubber.secret(client_secret);
+        self.basic = Some(SecretString::from(format!("Basic {credentials}")));
+        self
+    }
+
+    /// Scrubs `secret` from whatever text the server sends back, for a secret that is not
+    /// itself a parameter (the key an assertion was signed with).
+    pub fn scrub(mut self, secret: &'a str) -> Self {
+        self.scrubber = self.scrubber.secret(secret);
+        self
+    }
+
+    fn append(&mut self, name: &str, value: &str) {
+        if !self.form.is_empty() {
+            self.form.push('&');
+        }
+        self.form
+            .extend(form_urlencoded::byte_serialize(name.as_bytes()));
+        self.form.push('=');
+        self.form
+            .extend(form_urlencoded::byte_serialize(value.as_bytes()));
+    }
+
+    /// Names what the request carries and how to allow it over plain http, for
+    /// [`Error::InsecureTransport`].
+    pub(crate) fn describe(mut self, sending: &'static str, allow_with: &'static str) -> Self {
+        self.sending = sending;
+        self.allow_with = allow_with;
+        self
+    }
+
+    /// Sends the request and turns the answer into a token or a precise [`Error`].
+    pub async fn send(mut self) -> Result<AccessToken> {
+        let endpoint = self.endpoint;
+        let url = reqwest::Url::parse(&endpoint.url)
+            .map_err(|e| Error::Config(format!("token URL {:?} is invalid: {e}", endpoint.url)))?;
+        check_transport(
+            Some(url.scheme()),
+            url.host_str(),
+            endpoint.allow_http,
+            self.sending,
+            self.allow_with,
+        )?;
+        let client = endpoint.client(&url)?;
+        let body = SecretString::from(std::mem::take(&mut self.form));
+        // A body that cannot be cloned: no client resends it to a 307/308's target.
+        let stream = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from(
+            body.expose_secret().to_owned(),
+        )));
+        let mut request = client
+            .post(url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .timeout(endpoint.timeout)
+            .body(stream);
+        if let Some(basic) = &self.basic {
+            let mut value = HeaderValue::try_from(basic.expose_secret())
+                .map_err(|_| Error::Config("the client credentials cannot be sent".into()))?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let sent_at = Instant::now();
+        let response = request
+            .send()
+            .await
+            .map_err(|e| endpoint.transport_error(&e))?;
+        if origin_of(response.url()) != origin_of(&url) {
+            // A client that follows redirects took a 301/302/303 (without the body).
+            return Err(Error::Redirect {
+                location: Some(origin_of(response.url())),
+            });
+        }
+        let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .map(|l| origin_of(&l));
+            return Err(Error::Redirect { location });
+        }
+        let retry_after = retry_after(response.headers());
+        let body = match read_capped(response, MAX_RESPONSE_BYTES).await {
+            Ok(body) => body,
+            // An error status with a huge body (a proxy's HTML page) is still that status:
+            // judge it without the body, so a 503 stays transient and keeps its Retry-After.
+            Err(ReadError::TooLarge) if !(200..300).contains(&status) => Vec::new(),
+            Err(ReadError::TooLarge) => {
+                return Err(Error::ResponseTooLarge {
+                    limit: MAX_RESPONSE_BYTES,
+                });
+            }
+            Err(ReadError::Http(e)) => return Err(endpoint.transport_error(&e)),
+        };
+        parse_response(status, retry_after, &body, sent_at, &self.scrubber)
+    }
+}
+
+impl fmt::Debug for TokenRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("endpoint", self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `e` and its causes, e.g. "error sending request: connection refused". reqwest errors name
+/// the URL, which holds no secret, and never the body.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+enum ReadError {
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, ReadError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Http)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3) as delay-seconds or an HTTP-date. A date is measured
+/// against the response's `Date` when it has one, so a server whose clock is off still gets
+/// the delay it meant.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    parse_retry_after(
+        text(RETRY_AFTER)?,
+        text(DATE).and_then(|d| httpdate::parse_http_date(d).ok()),
+    )
+}
+
+/// Parses a `Retry-After` value; an HTTP-date counts from `server_now` (the response's
+/// `Date`), else from our clock.
+pub(crate) fn parse_retry_after(value: &str, server_now: Option<SystemTime>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    let now = server_now.unwrap_or_else(SystemTime::now);
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Turns a token endpoint's answer into a token or a precise error (RFC 6749 §5.1, §5.2);
+/// text from the server goes through `scrubber`. `sent_at` is when the request went out: the
+/// token's lifetime counts from then.
+pub(crate) fn parse_response(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    sent_at: Instant,
+    scrubber: &Scrubber<'_>,
+) -> Result<AccessToken> {
+    let success = (200..300).contains(&status);
+    let json = serde_json::from_slice::<Value>(body);
+    let object = match &json {
+        Ok(Value::Object(object)) => Some(object),
+        _ => None,
+    };
+    // §5.2: an `error` member means failure, whatever the status (some servers send 200).
+    if let Some(Value::String(error)) = object.and_then(|o| o.get("error")) {
+        let text = |name: &str| match object.and_then(|o| o.get(name)) {
+            Some(Value::String(s)) => Some(scrubber.text(s)),
+            _ => None,
+        };
+        return Err(Error::OAuth {
+            status,
+            error: scrubber.text(error),
+            description: text("error_description"),
+            uri: text("error_uri"),
+            retry_after,
+        });
+    }
+    if !success {
+        return Err(Error::HttpStatus {
+            status,
+            retry_after,
+        });
+    }
+    let object = match (&json, object) {
+        (_, Some(object)) => object,
+        (Ok(_), None) => return Err(Error::InvalidJson("expected an object".into())),
+        // serde_json's syntax errors give a line and column, never the input.
+        (Err(e), None) => return Err(Error::InvalidJson(e.to_string())),
+    };
+    let invalid = |field, reason: &str| Error::InvalidField {
+        field,
+        reason: reason.into(),
+    };
+    let access_token = match object.get("access_token") {
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(invalid("access_token", "it is empty"));
+        }
+        Some(Value::String(s)) if !is_b64token(s) => {
+            return Err(invalid(
+                "access_token",
+                "it is not an RFC 6750 b64token (letters, digits, -._~+/ and trailing =; \
+                 no spaces or other characters)",
+            ));
+        }
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(invalid("access_token", "it is not a string")),
+        None => return Err(Error::MissingField("access_token")),
+    };
+    match object.get("token_type") {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => return Err(Error::UnsupportedTokenType(scrubber.text(t))),
+        Some(_) => return Err(invalid("token_type", "it is not a string")),
+        None => return Err(Error::MissingField("token_type")),
+    }
+    let expires_in = parse_expires_in(object.get("expires_in"))?;
+    AccessToken::issued_at(access_token.as_str(), sent_at, expires_in)
+        .map_err(|_| invalid("access_token", "it cannot be sent in an HTTP header"))
+}
+
+/// [`parse_response`] without secrets to scrub, for the property tests.
+#[doc(hidden)]
+pub fn parse_token_response(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    sent_at: Instant,
+) -> Result<AccessToken> {
+    parse_response(status, retry_after, body, sent_at, &Scrubber::default())
+}
+
+/// `expires_in`: a positive number of seconds (a numeric string is accepted, as some servers
+/// send one); missing means [`DEFAULT_EXPIRES_IN`]; more than [`MAX_EXPIRES_IN`] is capped.
+fn parse_expires_in(value: Option<&Value>) -> Result<Duration> {
+    let invalid = |reason: String| Error::InvalidField {
+        field: "expires_in",
+        reason,
+    };
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(DEFAULT_EXPIRES_IN),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    }
+    .filter(|s| s.is_finite())
+    .ok_or_else(|| invalid("it is not a number of seconds".into()))?;
+    if seconds < 1.0 {
+        return Err(invalid(format!(
+            "the token expires on arrival ({seconds} s)"
+        )));
+    }
+    let capped = seconds.min(MAX_EXPIRES_IN.as_secs_f64());
+    if capped < seconds {
+        tracing::warn!(
+            expires_in = seconds,
+            cap = MAX_EXPIRES_IN.as_secs(),
+            "token endpoint claims an implausibly long lifetime; capping it"
+        );
+    }
+    Ok(Duration::from_secs(capped as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(status: u16, body: &str) -> Result<AccessToken> {
+        parse_token_response(status, None, body.as_bytes(), Instant::now())
+    }
+
+    #[test]
+    fn parses_a_dt_response() {
+        let t = parse(
+            200,
+            r#"{"access_token":"tok","token_type":"bearer","expires_in":3600}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expose_secret(), "tok");
+        assert_eq!(t.lifetime(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn token_type_is_case_insensitive() {
+        assert!(parse(200, r#"{"access_token":"t","token_type":"BeArEr"}"#).is_ok());
+        assert!(matches!(
+            parse(200, r#"{"access_token":"t","token_type":"mac"}"#),
+            Err(Error::UnsupportedTokenType(t)) if t == "mac"
+        ));
+    }
+
+    #[test]
+    fn access_tokens_must_be_b64tokens() {
+        for bad in ["Bearer abc", " abc", "abc ", "a\tb", "tökén"] {
+            let body = serde_json::json!({"access_token": bad, "token_type": "bearer"});
+            assert!(
+                matches!(
+                    parse(200, &body.to_string()),
+                    Err(Error::InvalidField {
+                        field: "access_token",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expires_in_edge_cases() {
+        let with = |v: &str| {
+            parse(
+                200,
+                &format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":{v}}}"#),
+            )
+        };
+        assert_eq!(with("null").unwrap().lifetime(), DEFAULT_EXPIRES_IN);
+        assert_eq!(
+            with("\"120\"").unwrap().lifetime(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(with("315360000").unwrap().lifetime(), MAX_EXPIRES_IN);
+        for bad in ["0", "-5", "\"soon\"", "true"] {
+            assert!(
+                matches!(
+                    with(bad),
+                    Err(Error::InvalidField {
+                        field: "expires_in",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn oauth_error_with_status_200() {
+        let e = parse(
+            200,
+            r#"{"error":"invalid_grant","error_description":"bad"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.oauth_error(), Some("invalid_grant"));
+        assert!(e.to_string().contains("bad"));
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed() {
+        let scrubber = Scrubber::default().secret("eyJhbGc.eyJpc3M.c2lnbmF0dXJl");
+        let body = r#"{"error":"invalid_grant eyJhbGc.eyJpc3M.c2lnbmF0dXJl",
+                       "error_description":"signature c2lnbmF0dXJl is wrong"}"#;
+        let e = parse_response(400, None, body.as_bytes(), Instant::now(), &scrubber).unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains("c2lnbmF0dXJl"), "{text}");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7", None), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        let date = httpdate::fmt_http_date(later);
+        let d = parse_retry_after(&date, None).unwrap();
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon", None), None);
+        // A server an hour ahead asking for 2 s means 2 s.
+        let server_now = SystemTime::now() + Duration::from_secs(3600);
+        let date = httpdate::fmt_http_date(server_now + Duration::from_secs(2));
+        let d = parse_retry_after(&date, Some(server_now)).unwrap();
+        assert!(
+            d <= Duration::from_secs(2) && d >= Duration::from_secs(1),
+            "{d:?}"
+        );
+    }
+}

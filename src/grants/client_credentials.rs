@@ -1,0 +1,185 @@
+//! The RFC 6749 §4.4 client-credentials grant.
+
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{Error, Result};
+use crate::exchange::TokenEndpoint;
+use crate::source::TokenSource;
+use crate::token::AccessToken;
+
+/// What [`Error::InsecureTransport`] says would be sent, and how to allow it.
+const SENDING: &str = "the client secret";
+const ALLOW_WITH: &str = "`ClientCredentials::allow_http(true)`";
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, what
+    /// the RFC requires servers to support. The default.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` as form parameters, for servers that want them there.
+    Post,
+}
+
+/// A [`TokenSource`] for the RFC 6749 §4.4 client-credentials grant: a client id and secret
+/// exchanged for an access token at a [`TokenEndpoint`].
+///
+/// The form is `grant_type=client_credentials`, plus `scope` (space-joined), `audience` and
+/// any other parameter set here. The secret is a [`secrecy`] secret: redacted in `Debug` and
+/// scrubbed from anything the server sends back. `invalid_client` and `invalid_scope` are
+/// permanent errors that fail at once with the server's text; 5xx, 429 and timeouts are
+/// retried by the [`TokenProvider`](crate::TokenProvider).
+///
+/// ```
+/// use token_refresh::{ClientAuth, ClientCredentials, TokenProvider};
+///
+/// let source = ClientCredentials::new("https://auth.example.com/oauth2/token", "my-client", "s3cr3t")
+///     .scope("read:devices write:devices")
+///     .audience("https://api.example.com")
+///     .client_auth(ClientAuth::Basic);
+/// let provider = TokenProvider::new(source);
+/// # drop(provider);
+/// ```
+#[derive(Clone)]
+pub struct ClientCredentials {
+    endpoint: TokenEndpoint,
+    client_id: String,
+    client_secret: SecretString,
+    auth: ClientAuth,
+    scopes: Vec<String>,
+    params: Vec<(String, String)>,
+}
+
+impl ClientCredentials {
+    /// The `grant_type` of RFC 6749 §4.4.2.
+    pub const GRANT_TYPE: &'static str = "client_credentials";
+
+    /// The client `client_id` with `client_secret`, at the token endpoint `token_url`.
+    /// Empty values are reported at the first token request ([`Error::EmptyCredential`]).
+    pub fn new(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: TokenEndpoint::new(token_url),
+            client_id: client_id.into(),
+            client_secret: SecretString::from(client_secret.into()),
+            auth: ClientAuth::Basic,
+            scopes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// How the client authenticates. Default: [`ClientAuth::Basic`].
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Asks for `scope` (RFC 6749 §3.3): one scope, or several separated by spaces; call it
+    /// again to add more. They are sent space-joined as the `scope` parameter. Default: no
+    /// `scope` parameter (the server's default scopes).
+    pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
+        super::add_scopes(&mut self.scopes, scope.as_ref());
+        self
+    }
+
+    /// Sends `audience` (Auth0, Okta and others name the API a token is for this way).
+    /// Default: none.
+    pub fn audience(self, audience: impl Into<String>) -> Self {
+        self.param("audience", audience)
+    }
+
+    /// Sends another form parameter some servers want (`resource` of RFC 8707, a
+    /// tenant, …); repeat for more. Not for secrets: it is not scrubbed from errors.
+    /// Default: none.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Allows a plain `http://` token URL on a host that is not loopback; the client secret
+    /// would cross the network in clear text. Default: `false`.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.endpoint = self.endpoint.allow_http(allow);
+        self
+    }
+
+    /// Sets the timeout of one token request, connect to last byte. Default:
+    /// [`DEFAULT_REQUEST_TIMEOUT`](crate::defaults::DEFAULT_REQUEST_TIMEOUT) (10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.endpoint = self.endpoint.timeout(timeout);
+        self
+    }
+
+    /// Uses `client` for token requests instead of the built-in one; see
+    /// [`TokenEndpoint::http_client`]. Default: a plain client without redirects, built on
+    /// first use.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.endpoint = self.endpoint.http_client(client);
+        self
+    }
+
+    /// The token URL requests go to.
+    pub fn url(&self) -> &str {
+        self.endpoint.url()
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenSource for ClientCredentials {
+    async fn fetch_token(&self) -> Result<AccessToken> {
+        let secret = self.client_secret.expose_secret();
+        if self.client_id.trim().is_empty() {
+            return Err(Error::EmptyCredential { field: "client_id" });
+        }
+        if secret.is_empty() {
+            return Err(Error::EmptyCredential {
+                field: "client_secret",
+            });
+        }
+        let scope = self.scopes.join(" ");
+        let mut request = self
+            .endpoint
+            .request()
+            .describe(SENDING, ALLOW_WITH)
+            .param("grant_type", Self::GRANT_TYPE);
+        request = match self.auth {
+            ClientAuth::Basic => request.basic_auth(&self.client_id, secret),
+            ClientAuth::Post => request
+                .param("client_id", &self.client_id)
+                .secret_param("client_secret", secret),
+        };
+        if !scope.is_empty() {
+            request = request.param("scope", &scope);
+        }
+        for (name, value) in &self.params {
+            request = request.param(name, value);
+        }
+        request.send().await
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[REDACTED]")
+            .field("auth", &self.auth)
+            .field("scopes", &self.scopes)
+            .field("params", &self.params)
+            .finish()
+    }
+}

@@ -1,0 +1,312 @@
+//! The RFC 7523 JWT-bearer grant: an assertion signed for a service account, or one signed
+//! elsewhere and read from a file.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use crate::credentials::ServiceAccount;
+use crate::dt;
+use crate::error::{Error, Result};
+use crate::exchange::TokenEndpoint;
+use crate::source::TokenSource;
+use crate::token::AccessToken;
+
+/// Lifetime of the signed assertion (`exp - iat`). DT accepts at most one hour, and the
+/// assertion is used once, immediately, so its length matters only for clock skew.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How far `iat` is backdated: a server whose clock runs a little behind ours would otherwise
+/// reject the assertion as issued in the future.
+const IAT_BACKDATE: Duration = Duration::from_secs(5);
+
+/// What [`Error::InsecureTransport`] says would be sent, and how to allow it.
+const SENDING: &str = "the signed JWT assertion";
+const ALLOW_WITH: &str = "`JwtBearer::allow_http(true)`; for a provider from \
+    `TokenProvider::discover()`, build it as \
+    `TokenProvider::new(JwtBearer::new(ServiceAccount::discover()?).allow_http(true))`";
+
+/// A [`TokenSource`] for the RFC 7523 JWT-bearer grant: it exchanges an assertion for an
+/// access token at a [`TokenEndpoint`].
+///
+/// - [`JwtBearer::new`] signs the assertion for a [`ServiceAccount`] (HS256): header
+///   `{"alg":"HS256","kid":KEY_ID,"typ":"JWT"}`, claims `iss` = email, `aud` = token URL (or
+///   [`audience`](Self::audience)), `iat` (backdated a few seconds for clock skew) and `exp`
+///   = `iat` + 3600, signed with the secret's UTF-8 bytes — what DT's identity service
+///   expects. `sub` and `jti` are opt-in.
+/// - [`JwtBearer::from_assertion_file`] sends an assertion signed elsewhere (a Kubernetes
+///   projected service-account token, a workload identity token), read from its file at
+///   every exchange, so a token rotated on disk is picked up.
+///
+/// The form is `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=…`, plus
+/// `scope` if [`scope`](Self::scope) was set. Everything about the request itself (its own
+/// client without redirects, timeouts, the response parsing, scrubbing) is the
+/// [`TokenEndpoint`]'s. Constructing a `JwtBearer` does no I/O.
+///
+/// ```
+/// use token_refresh::{JwtBearer, ServiceAccount, TokenProvider};
+///
+/// let account = ServiceAccount::new("key-id", "sa@example.com", "secret");
+/// let source = JwtBearer::new(account).token_url("https://auth.example.com/oauth2/token");
+/// let provider = TokenProvider::new(source); // nothing is fetched until the first token()
+///
+/// // An assertion that another system signs and rotates on disk:
+/// let projected = JwtBearer::from_assertion_file(
+///     "https://login.example.com/oauth2/token",
+///     "/var/run/secrets/tokens/assertion",
+/// )
+/// .scope("api://my-api/.default");
+/// # drop((provider, projected));
+/// ```
+#[derive(Clone)]
+pub struct JwtBearer {
+    assertion: Assertion,
+    endpoint: TokenEndpoint,
+    audience: Option<String>,
+    scopes: Vec<String>,
+}
+
+#[derive(Clone)]
+enum Assertion {
+    Signed {
+        account: ServiceAccount,
+        subject: Option<String>,
+        jti: bool,
+    },
+    File(PathBuf),
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+impl JwtBearer {
+    /// The `grant_type` of RFC 7523 §2.1.
+    pub const GRANT_TYPE: &'static str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+    /// Signs assertions for `account`. The token URL is the account's `tokenEndpoint` when
+    /// its credentials file named one, else DT's [`dt::TOKEN_URL`].
+    pub fn new(account: ServiceAccount) -> Self {
+        let token_url = account.token_url().unwrap_or(dt::TOKEN_URL).to_owned();
+        Self {
+            assertion: Assertion::Signed {
+                account,
+                subject: None,
+                jti: false,
+            },
+            endpoint: TokenEndpoint::new(token_url),
+            audience: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Sends the assertion in the file at `path`, read afresh at every exchange (never
+    /// cached, so a rotated assertion is used as soon as it is on disk), surrounding
+    /// whitespace trimmed. A missing, unreadable or empty file is an
+    /// [`Error::AssertionFile`] naming the path. [`subject`](Self::subject),
+    /// [`jti`](Self::jti) and [`audience`](Self::audience) do not apply: the assertion is
+    /// signed elsewhere.
+    pub fn from_assertion_file(token_url: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            assertion: Assertion::File(path.into()),
+            endpoint: TokenEndpoint::new(token_url),
+            audience: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Sets the token endpoint, which is also the signed assertion's `aud` unless
+    /// [`audience`](Self::audience) is set. Default: the account's `tokenEndpoint`, else
+    /// [`dt::TOKEN_URL`].
+    pub fn token_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = self.endpoint.with_url(url.into());
+        self
+    }
+
+    /// Sets the signed assertion's `aud`, for servers whose expected audience is not the
+    /// token URL (an issuer URL, an API identifier). Default: the token URL.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Asks for `scope` (RFC 6749 §3.3): one scope, or several separated by spaces; call it
+    /// again to add more. They are sent space-joined as the `scope` parameter. Default: no
+    /// `scope` parameter (the server's default scopes).
+    pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
+        super::add_scopes(&mut self.scopes, scope.as_ref());
+        self
+    }
+
+    /// Adds a `sub` claim to signed assertions (RFC 7523 asks for one; DT does not).
+    /// Default: no `sub`.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        if let Assertion::Signed { subject: sub, .. } = &mut self.assertion {
+            *sub = Some(subject.into());
+        }
+        self
+    }
+
+    /// Adds a random `jti` claim to each signed assertion, for servers that reject replays.
+    /// Default: `false`.
+    pub fn jti(mut self, enabled: bool) -> Self {
+        if let Assertion::Signed { jti, .. } = &mut self.assertion {
+            *jti = enabled;
+        }
+        self
+    }
+
+    /// Allows a plain `http://` token URL on a host that is not loopback. The assertion is a
+    /// credential that can be exchanged for tokens until it expires, so this is off by
+    /// default; loopback hosts (tests, emulators) are always allowed. Default: `false`.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.endpoint = self.endpoint.allow_http(allow);
+        self
+    }
+
+    /// Sets the timeout of one token request, connect to last byte. Default:
+    /// [`DEFAULT_REQUEST_TIMEOUT`](crate::defaults::DEFAULT_REQUEST_TIMEOUT) (10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.endpoint = self.endpoint.timeout(timeout);
+        self
+    }
+
+    /// Uses `client` for token requests instead of the built-in one; see
+    /// [`TokenEndpoint::http_client`]. Whatever its redirect policy, the assertion never
+    /// reaches another origin. Default: a plain client without redirects, built on first use.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.endpoint = self.endpoint.http_client(client);
+        self
+    }
+
+    /// The token URL requests go to.
+    pub fn url(&self) -> &str {
+        self.endpoint.url()
+    }
+
+    /// The assertion for one exchange: signed now, or read from its file now.
+    fn assertion(&self) -> Result<SecretString> {
+        match &self.assertion {
+            Assertion::Signed {
+                account,
+                subject,
+                jti,
+            } => self.sign(account, subject.as_deref(), *jti),
+            Assertion::File(path) => read_assertion(path),
+        }
+    }
+
+    fn sign(
+        &self,
+        account: &ServiceAccount,
+        subject: Option<&str>,
+        jti: bool,
+    ) -> Result<SecretString> {
+        account.validate()?;
+        install_crypto_provider();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(account.key_id().to_owned());
+        let iat = SystemTime::now()
+            .checked_sub(IAT_BACKDATE)
+            .unwrap_or(UNIX_EPOCH)
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Error::Signing("the system clock is before 1970".into()))?
+            .as_secs();
+        let claims = Claims {
+            iss: account.email(),
+            aud: self.audience.as_deref().unwrap_or(self.endpoint.url()),
+            iat,
+            exp: iat + ASSERTION_LIFETIME.as_secs(),
+            sub: subject,
+            jti: jti.then(random_jti),
+        };
+        let key = EncodingKey::from_secret(account.expose_secret().as_bytes());
+        jsonwebtoken::encode(&header, &claims, &key)
+            .map(SecretString::from)
+            // jsonwebtoken's errors describe the failure kind, never the key or the claims.
+            .map_err(|e| Error::Signing(e.to_string()))
+    }
+}
+
+fn read_assertion(path: &std::path::Path) -> Result<SecretString> {
+    let problem = |problem: String| Error::AssertionFile {
+        path: path.to_owned(),
+        problem,
+    };
+    // A small file read once per token request: not worth a blocking-pool hop.
+    let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    let assertion = text.trim();
+    if assertion.is_empty() {
+        return Err(problem("the file is empty".into()));
+    }
+    Ok(SecretString::from(assertion.to_owned()))
+}
+
+#[async_trait::async_trait]
+impl TokenSource for JwtBearer {
+    async fn fetch_token(&self) -> Result<AccessToken> {
+        let assertion = self.assertion()?;
+        let scope = self.scopes.join(" ");
+        let mut request = self
+            .endpoint
+            .request()
+            .describe(SENDING, ALLOW_WITH)
+            .param("grant_type", Self::GRANT_TYPE)
+            .secret_param("assertion", assertion.expose_secret());
+        if !scope.is_empty() {
+            request = request.param("scope", &scope);
+        }
+        if let Assertion::Signed { account, .. } = &self.assertion {
+            request = request.scrub(account.expose_secret());
+        }
+        request.send().await
+    }
+}
+
+impl fmt::Debug for JwtBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("JwtBearer");
+        match &self.assertion {
+            Assertion::Signed {
+                account,
+                subject,
+                jti,
+            } => s
+                .field("account", account)
+                .field("subject", subject)
+                .field("jti", jti),
+            Assertion::File(path) => s.field("assertion_file", path),
+        };
+        s.field("endpoint", &self.endpoint)
+            .field("audience", &self.audience)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// Selects jsonwebtoken's pure-Rust backend explicitly, so that signing works even if some
+/// other crate in the build enables a second backend (jsonwebtoken would otherwise panic at
+/// the first `encode`). It is the only backend this crate enables, whatever TLS it uses.
+pub(crate) fn install_crypto_provider() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Err means a provider is installed already, by us or by the application: use it.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    });
+}
+
+fn random_jti() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
