@@ -1,27 +1,31 @@
-//! [`AuthLayer`] / [`AuthService`]: authenticates requests of a tower service stack.
+//! [`AuthLayer`] / [`AuthService`]: authenticates requests of a tower service stack — a
+//! hyper-util client, a tonic `Channel`, a proxy.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::{Extensions, Method, Request, Response, Uri, Version};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::policy::{AuthPolicy, MinValidity, Target, Verdict};
+use crate::defaults::DEFAULT_REPLAY_LIMIT;
+use crate::error::Result;
+use crate::policy::{AuthPolicy, MinValidity, Verdict};
 use crate::provider::TokenProvider;
+use crate::replay::{Replay, ReplayBody};
+use crate::token::AccessToken;
 
 /// The error type of [`AuthService`]: the inner service's error or a [`crate::Error`],
-/// boxed (tower's convention). Downcast with `error.downcast_ref::<token_refresh::Error>()`.
+/// boxed (tower's convention). [`Error::find`](crate::Error::find) gets the token error out.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A tower [`Layer`] that wraps a service in an [`AuthService`]. It holds only the
-/// configuration, which each service it builds clones.
+/// configuration, which each service it builds shares.
 ///
 /// # Example
 ///
@@ -44,7 +48,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///     Ok::<_, Infallible>(Response::new(auth))
 /// });
 /// let mut client = ServiceBuilder::new()
-///     .layer(AuthLayer::new(provider))
+///     .layer(AuthLayer::new(provider).for_origin("https://api.example.com"))
 ///     .service(api);
 ///
 /// let request = Request::get("https://api.example.com/v2/projects").body(Full::default())?;
@@ -52,10 +56,42 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// assert_eq!(response.body(), "Bearer t0k3n");
 /// # Ok(()) }
 /// ```
+///
+/// Over a tonic `Channel` (feature `tonic`) the integration is one line, with no body
+/// conversion; a generated client takes the authenticated channel as it is (here the
+/// emulator's hand-written `EchoClient` stands in for one):
+///
+/// ```no_run
+/// # #[cfg(all(feature = "tonic", feature = "emulator"))]
+/// # async fn run(provider: token_refresh::TokenProvider) -> Result<(), Box<dyn std::error::Error>> {
+/// use token_refresh::AuthLayer;
+/// use token_refresh::emulator::grpc::EchoClient;
+/// use tonic::transport::Endpoint;
+/// use tower::ServiceBuilder;
+///
+/// let channel = Endpoint::from_static("https://grpc.example.com").connect().await?;
+/// let channel = ServiceBuilder::new().layer(AuthLayer::new(provider)).service(channel);
+/// let mut client = EchoClient::new(channel); // e.g. `MyServiceClient::new(channel)`
+/// let answer = client.unary("hello").await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Placing it with other layers
+///
+/// - **Redirects**: put tower-http's `FollowRedirect` *inside* `AuthLayer`
+///   (`AuthLayer` → `FollowRedirect` → client): the token is attached once, and
+///   `FollowRedirect`'s default policy drops it on a hop to another origin. Placed outside,
+///   `FollowRedirect` sends each hop through `AuthLayer` again, which would attach a token
+///   for the other origin too — unless tokens are bound with [`for_origin`](Self::for_origin),
+///   which keeps them with their origin in either order (and is the only protection against
+///   tower-http 0.6 putting a dropped header back on a second hop within the other origin).
+/// - **Timeouts and retries**: a `Timeout` layer outside bounds the token wait with the
+///   call; [`max_token_wait`](Self::max_token_wait) bounds the token wait alone.
 #[derive(Clone, Debug)]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct AuthLayer {
     policy: AuthPolicy,
+    replay_limit: usize,
 }
 
 impl AuthLayer {
@@ -63,6 +99,7 @@ impl AuthLayer {
     pub fn new(provider: TokenProvider) -> Self {
         Self {
             policy: AuthPolicy::new(provider, "`AuthLayer::allow_http(true)`"),
+            replay_limit: DEFAULT_REPLAY_LIMIT,
         }
     }
 
@@ -70,6 +107,18 @@ impl AuthLayer {
     /// the network path can read and reuse such a token. Default: `false`.
     pub fn allow_http(mut self, allow: bool) -> Self {
         self.policy.set_allow_http(allow);
+        self
+    }
+
+    /// Binds tokens to `origin` (`scheme://host[:port]`, e.g. `https://api.example.com`):
+    /// a request to any other origin is sent on without a token. Call it again to add more
+    /// origins. A request in origin form (no scheme or host in its URI, as a tonic channel
+    /// sends them) is checked by its `Host` header when it has one, and gets a token when it
+    /// has none: the channel's endpoint decides where it goes. An origin that does not parse
+    /// makes every request fail with [`Error::Config`](crate::Error::Config). Default: every
+    /// origin.
+    pub fn for_origin(mut self, origin: &str) -> Self {
+        self.policy.add_origin(origin);
         self
     }
 
@@ -81,6 +130,14 @@ impl AuthLayer {
         self.policy.set_max_token_wait(max);
         self
     }
+
+    /// Most bytes of a request body recorded to resend it after a rejection; a body the
+    /// first send read more of is not resent, and its rejection is returned as it is.
+    /// Default: [`DEFAULT_REPLAY_LIMIT`] (64 KiB).
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -89,25 +146,52 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> AuthService<S> {
         AuthService {
             inner,
-            policy: self.policy.clone(),
+            shared: Arc::new(Shared {
+                policy: self.policy.clone(),
+                replay_limit: self.replay_limit,
+            }),
         }
     }
 }
 
 /// A tower service that attaches `Authorization: Bearer <token>` to each
-/// `http::Request<B>` and resends it once with a fresh token after a 401.
+/// `http::Request<B>` and resends it once with a fresh token after a rejection.
 ///
-/// The same policy as [`AuthMiddleware`](crate::AuthMiddleware): a caller-set
-/// `Authorization` header is left alone; a 401 invalidates the token the request carried and
-/// the request is resent once if its body is [`ReplayBody`] replayable, else the 401 is
-/// returned; a 403 is returned untouched; plain http only to loopback unless allowed.
-/// `poll_ready` is the inner service's; the resend waits for the inner service to be ready
-/// again.
-#[derive(Clone, Debug)]
+/// The same policy as [`AuthMiddleware`](crate::AuthMiddleware):
+///
+/// - a caller-set `Authorization` header is left alone, and so is a request to an origin
+///   tokens are not bound to;
+/// - a rejection is HTTP 401, or, for a gRPC call (`content-type: application/grpc…`),
+///   `grpc-status: 16` (`UNAUTHENTICATED`) in the response headers; it invalidates the token
+///   the request carried (storm guard included, see [`TokenProvider::reject`]), and the
+///   request is resent once with a fresh token if its body can be replayed ([`ReplayBody`]:
+///   in-memory bodies, and streaming ones whose first send read at most
+///   [`replay_limit`](AuthLayer::replay_limit) bytes), else the rejection is returned;
+/// - 403, gRPC `PERMISSION_DENIED` (7) and a 401 with `insufficient_scope` refresh nothing;
+/// - a gRPC status that only arrives in the trailers, after streamed messages, cannot be
+///   acted on: the response is already the caller's. Servers report a bad token at the start
+///   of a call, in the headers (a "trailers-only" response), which is what is handled;
+/// - plain http only to loopback unless allowed; a [`MinValidity`] request extension asks
+///   for a token that lasts.
+///
+/// The inner service must be `Clone` (as hyper-util's client and tonic's `Channel` are):
+/// `poll_ready` is the inner service's, `call` moves the polled-ready service into the
+/// response future, and a resend waits for it to be ready again. The response future is a
+/// named state machine: a request whose token is cached allocates nothing on its way
+/// through, and the request's parts are copied for a resend only when its body can be
+/// replayed.
+#[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct AuthService<S> {
     inner: S,
+    shared: Arc<Shared>,
+}
+
+/// What every call of one service shares: one reference count per call.
+#[derive(Debug)]
+struct Shared {
     policy: AuthPolicy,
+    replay_limit: usize,
 }
 
 impl<S> AuthService<S> {
@@ -132,17 +216,25 @@ impl<S> AuthService<S> {
     }
 }
 
-impl<S, B, ResBody> Service<Request<B>> for AuthService<S>
+impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthService")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy)
+            .field("replay_limit", &self.shared.replay_limit)
+            .finish()
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for AuthService<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Request<B>, Response = Response<R>> + Clone,
     S::Error: Into<BoxError>,
     B: ReplayBody + Send + 'static,
-    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<R>;
     type Error = BoxError;
-    type Future = ResponseFuture<Response<ResBody>>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -151,150 +243,304 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // The polled-ready service goes into the future; a clone takes its place here.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(send(self.policy.clone(), inner, request)),
-        }
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let shared = &self.shared;
+        let mut future = ResponseFuture {
+            state: State::Done,
+            service: None,
+            shared: Arc::clone(shared),
+            token: None,
+            resend: None,
+            grpc: false,
+            min: None,
+        };
+        future.state = match shared
+            .policy
+            .should_attach(request.uri(), request.headers())
+        {
+            Err(error) => State::Failed {
+                error: Some(error.into()),
+            },
+            Ok(false) => State::Plain {
+                fut: service.call(request),
+            },
+            Ok(true) => {
+                future.grpc = AuthPolicy::is_grpc(request.headers());
+                future.min = request.extensions().get::<MinValidity>().copied();
+                let min = future.min;
+                match shared.policy.cached_token(min.as_ref()) {
+                    Some(token) => {
+                        let fut = send(&mut service, shared, &mut future, token, request);
+                        future.service = Some(service);
+                        State::Call { fut }
+                    }
+                    None => {
+                        future.service = Some(service);
+                        let policy = shared.policy.clone();
+                        State::Token {
+                            slow: Box::new(Slow {
+                                fut: Box::pin(async move { policy.token(min, None).await }),
+                                value: Some(request),
+                            }),
+                        }
+                    }
+                }
+            }
+        };
+        future
     }
 }
 
-async fn send<S, B, ResBody>(
-    policy: AuthPolicy,
-    mut service: S,
-    mut request: Request<B>,
-) -> Result<Response<ResBody>, BoxError>
+/// Attaches `token`, keeps what a resend needs (only if the body can be replayed) and sends
+/// the request.
+fn send<S, B>(
+    service: &mut S,
+    shared: &Shared,
+    slots: &mut impl Slots<B>,
+    token: AccessToken,
+    request: Request<B>,
+) -> S::Future
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
+    S: Service<Request<B>>,
     B: ReplayBody,
 {
-    let target = Target {
-        scheme: request.uri().scheme_str(),
-        host: request.uri().host(),
-        port: request.uri().port_u16(),
-    };
-    if !policy.should_attach(&target, request.headers())? {
-        return service.call(request).await.map_err(Into::into);
+    let (mut parts, body) = request.into_parts();
+    AuthPolicy::attach(&mut parts.headers, &token);
+    let (body, replay) = body.into_replay(shared.replay_limit);
+    if replay.is_possible() {
+        let mut headers = Vec::with_capacity(parts.headers.len() - 1);
+        headers.extend(
+            parts
+                .headers
+                .iter()
+                .filter(|(name, _)| *name != AUTHORIZATION)
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        *slots.resend() = Some(Resend {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers,
+            extensions: parts.extensions.clone(),
+            body: replay,
+        });
     }
-    let min = request.extensions().get::<MinValidity>().copied();
-    let token = match policy.cached_token(min.as_ref()) {
-        Some(token) => token,
-        None => policy.token(min, None).await?,
-    };
-    AuthPolicy::attach(request.headers_mut(), &token);
-    let grpc = AuthPolicy::is_grpc(request.headers());
-    let replay = replay_of(&request);
-    let response = service.call(request).await.map_err(Into::into)?;
-    match AuthPolicy::verdict(response.status(), response.headers(), grpc) {
-        Verdict::Accepted => {
-            token.mark_accepted();
-            return Ok(response);
-        }
-        Verdict::Other => return Ok(response),
-        Verdict::Rejected => {}
+    *slots.token() = Some(token);
+    service.call(Request::from_parts(parts, body))
+}
+
+/// Where [`send`] keeps the token and the resend: the future itself, or its projection.
+trait Slots<B> {
+    fn token(&mut self) -> &mut Option<AccessToken>;
+    fn resend(&mut self) -> &mut Option<Resend<B>>;
+}
+
+impl<S: Service<Request<B>>, B> Slots<B> for ResponseFuture<S, B> {
+    fn token(&mut self) -> &mut Option<AccessToken> {
+        &mut self.token
     }
-    let fresh = policy
-        .after_rejection(&token, replay.is_some(), min, None)
-        .await?;
-    match (fresh, replay) {
-        (Some(fresh), Some(mut replay)) => {
-            drop(response);
-            AuthPolicy::attach(replay.headers_mut(), &fresh);
-            poll_fn(|cx| service.poll_ready(cx))
-                .await
-                .map_err(Into::into)?;
-            service.call(replay).await.map_err(Into::into)
-        }
-        _ => Ok(response),
+    fn resend(&mut self) -> &mut Option<Resend<B>> {
+        &mut self.resend
     }
 }
 
-/// A copy of `request` to resend, if its body can be replayed.
-fn replay_of<B: ReplayBody>(request: &Request<B>) -> Option<Request<B>> {
-    let body = request.body().try_clone_body()?;
-    let mut replay = Request::new(body);
-    *replay.method_mut() = request.method().clone();
-    *replay.uri_mut() = request.uri().clone();
-    *replay.version_mut() = request.version();
-    *replay.headers_mut() = request.headers().clone();
-    *replay.extensions_mut() = request.extensions().clone();
-    Some(replay)
+struct ProjectedSlots<'a, B> {
+    token: &'a mut Option<AccessToken>,
+    resend: &'a mut Option<Resend<B>>,
 }
 
-/// The response future of [`AuthService`].
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub struct ResponseFuture<T> {
-    inner: Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>,
+impl<B> Slots<B> for ProjectedSlots<'_, B> {
+    fn token(&mut self) -> &mut Option<AccessToken> {
+        self.token
+    }
+    fn resend(&mut self) -> &mut Option<Resend<B>> {
+        self.resend
+    }
 }
 
-impl<T> Future for ResponseFuture<T> {
-    type Output = Result<T, BoxError>;
+type TokenFuture = Pin<Box<dyn Future<Output = Result<AccessToken>> + Send>>;
+
+/// A slow path's future with what it holds on to, boxed so that the fast path's future stays
+/// small.
+struct Slow<F, T> {
+    fut: F,
+    value: Option<T>,
+}
+type RetryFuture<B> =
+    Pin<Box<dyn Future<Output = (Result<Option<AccessToken>>, Option<Resend<B>>)> + Send>>;
+
+/// How long a rejected request waits for the connection to hand back a request body it was
+/// still sending. A connection lets go of it microseconds after the response; half a second
+/// covers a loaded machine without holding a caller long on a stream that never ends (whose
+/// rejection then comes back as it is).
+const HANDBACK_WAIT: Duration = Duration::from_millis(500);
+
+/// What it takes to send a request again: its parts and a way to make its body. The
+/// headers are kept as a list without `Authorization` (the resend gets a fresh one): a
+/// request with no other header costs no allocation here.
+struct Resend<B> {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    extensions: Extensions,
+    body: Replay<B>,
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`AuthService`]: a state machine that waits for a token only
+    /// when none is cached, and for a fresh one only after a rejection.
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future, B, S::Response>,
+        service: Option<S>,
+        shared: Arc<Shared>,
+        token: Option<AccessToken>,
+        resend: Option<Resend<B>>,
+        grpc: bool,
+        min: Option<MinValidity>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B, R> {
+        // A request that goes out without a token: its response passes through.
+        Plain { #[pin] fut: F },
+        Failed { error: Option<BoxError> },
+        // Waiting for a token (none was cached).
+        Token { slow: Box<Slow<TokenFuture, Request<B>>> },
+        // The first send, with the token.
+        Call { #[pin] fut: F },
+        // Rejected: waiting for a fresh token, if a resend is possible.
+        Rejected { slow: Box<Slow<RetryFuture<B>, R>> },
+        // Waiting for the service to be ready for the resend.
+        Ready { request: Box<Option<Request<B>>> },
+        Resend { #[pin] fut: F },
+        Done,
+    }
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody + Send + 'static,
+{
+    type Output = Result<Response<R>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Plain { fut } => return fut.poll(cx).map_err(Into::into),
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+                StateProj::Token { slow } => {
+                    let token = ready!(slow.fut.as_mut().poll(cx))?;
+                    let request = slow.value.take().expect("polled after completion");
+                    let service = this.service.as_mut().expect("kept for the call");
+                    let mut slots = ProjectedSlots {
+                        token: this.token,
+                        resend: this.resend,
+                    };
+                    State::Call {
+                        fut: send(service, this.shared, &mut slots, token, request),
+                    }
+                }
+                StateProj::Call { fut } => {
+                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    let token = this.token.as_ref().expect("a token was attached");
+                    match AuthPolicy::verdict(response.status(), response.headers(), *this.grpc) {
+                        Verdict::Accepted => {
+                            token.mark_accepted();
+                            return Poll::Ready(Ok(response));
+                        }
+                        Verdict::Other => return Poll::Ready(Ok(response)),
+                        Verdict::Rejected => {}
+                    }
+                    let (policy, token, min) =
+                        (this.shared.policy.clone(), token.clone(), *this.min);
+                    let resend = this.resend.take();
+                    let settled = resend.as_ref().map(|r| r.body.settled(HANDBACK_WAIT));
+                    State::Rejected {
+                        slow: Box::new(Slow {
+                            fut: Box::pin(async move {
+                                if let Some(settled) = settled {
+                                    settled.await;
+                                }
+                                let replayable =
+                                    resend.as_ref().is_some_and(|r| r.body.can_replay());
+                                let fresh =
+                                    policy.after_rejection(&token, replayable, min, None).await;
+                                (fresh, resend)
+                            }),
+                            value: Some(response),
+                        }),
+                    }
+                }
+                StateProj::Rejected { slow } => {
+                    let (fresh, resend) = ready!(slow.fut.as_mut().poll(cx));
+                    let fresh = fresh?;
+                    let response = slow.value.take().expect("polled after completion");
+                    let Some((fresh, resend)) = fresh.zip(resend) else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    let Some(body) = resend.body.into_body() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    drop(response);
+                    let mut request = Request::new(body);
+                    *request.method_mut() = resend.method;
+                    *request.uri_mut() = resend.uri;
+                    *request.version_mut() = resend.version;
+                    let headers = request.headers_mut();
+                    headers.reserve(resend.headers.len() + 1);
+                    for (name, value) in resend.headers {
+                        headers.append(name, value);
+                    }
+                    *request.extensions_mut() = resend.extensions;
+                    AuthPolicy::attach(request.headers_mut(), &fresh);
+                    *this.token = Some(fresh);
+                    State::Ready {
+                        request: Box::new(Some(request)),
+                    }
+                }
+                StateProj::Ready { request } => {
+                    let service = this.service.as_mut().expect("kept for the resend");
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let request = request.take().expect("polled after completion");
+                    State::Resend {
+                        fut: service.call(request),
+                    }
+                }
+                StateProj::Resend { fut } => {
+                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    if AuthPolicy::verdict(response.status(), response.headers(), *this.grpc)
+                        == Verdict::Accepted
+                        && let Some(token) = this.token.as_ref()
+                    {
+                        token.mark_accepted();
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            this.state.set(next);
+        }
     }
 }
 
-impl<T> fmt::Debug for ResponseFuture<T> {
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// A request body that [`AuthService`] can resend after a 401.
-///
-/// `try_clone_body` returns a copy that yields the same bytes, or `None` if the body cannot
-/// be replayed (a stream): such a request gets its 401 back. Implemented for in-memory
-/// bodies, and for boxed bodies that are known to be empty. Implement it for your own body
-/// type to make it replayable.
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub trait ReplayBody: Sized {
-    /// A copy to resend, or `None` if this body cannot be replayed.
-    fn try_clone_body(&self) -> Option<Self>;
-}
-
-macro_rules! replay_by_clone {
-    ($($ty:ty),*) => {$(
-        impl ReplayBody for $ty {
-            fn try_clone_body(&self) -> Option<Self> {
-                Some(self.clone())
-            }
-        }
-    )*};
-}
-
-replay_by_clone!((), String, Vec<u8>, Bytes, &'static str, &'static [u8]);
-
-impl<D: Clone> ReplayBody for Full<D> {
-    fn try_clone_body(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-}
-
-impl<D> ReplayBody for Empty<D> {
-    fn try_clone_body(&self) -> Option<Self> {
-        Some(Empty::new())
-    }
-}
-
-impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E>
-where
-    D: bytes::Buf + Send + Sync + 'static,
-    E: 'static,
-{
-    fn try_clone_body(&self) -> Option<Self> {
-        self.is_end_stream()
-            .then(|| Empty::new().map_err(|never| match never {}).boxed())
-    }
-}
-
-impl<D, E> ReplayBody for http_body_util::combinators::UnsyncBoxBody<D, E>
-where
-    D: bytes::Buf + Send + 'static,
-    E: 'static,
-{
-    fn try_clone_body(&self) -> Option<Self> {
-        self.is_end_stream()
-            .then(|| Empty::new().map_err(|never| match never {}).boxed_unsync())
     }
 }

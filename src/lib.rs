@@ -52,6 +52,8 @@ mod middleware;
 #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
 mod policy;
 mod provider;
+#[cfg(feature = "tower")]
+mod replay;
 mod source;
 mod token;
 mod transport;
@@ -66,10 +68,12 @@ pub use exchange::{TokenEndpoint, TokenRequest};
 pub use grants::client_credentials::{ClientAuth, ClientCredentials};
 pub use grants::jwt_bearer::JwtBearer;
 #[cfg(feature = "tower")]
-pub use layer::{AuthLayer, AuthService, BoxError, ReplayBody, ResponseFuture};
+pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 #[cfg(feature = "reqwest")]
 pub use middleware::AuthMiddleware;
 pub use policy::MinValidity;
 pub use provider::{TokenProvider, TokenProviderBuilder};
+#[cfg(feature = "tower")]
+pub use replay::{RecordingBody, Replay, ReplayBody};
 pub use source::TokenSource;
 pub use token::AccessToken;

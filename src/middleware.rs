@@ -8,9 +8,8 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
-use crate::policy::{AuthPolicy, MinValidity, Target, Verdict};
+use crate::policy::{AuthPolicy, MinValidity, Verdict};
 use crate::provider::TokenProvider;
-use crate::transport::origin_of;
 
 /// A `reqwest-middleware` middleware that attaches `Authorization: Bearer <token>` from a
 /// [`TokenProvider`] and resends a request once with a fresh token after a rejection.
@@ -137,10 +136,13 @@ impl AuthMiddleware {
     /// instead of following it, so the token never follows a request elsewhere.
     pub fn redirect_policy() -> reqwest::redirect::Policy {
         reqwest::redirect::Policy::custom(|attempt| {
-            let first = attempt.previous().first().map(origin_of);
+            let same = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| same_origin(first, attempt.url()));
             if attempt.previous().len() > 10 {
                 attempt.error("too many redirects")
-            } else if first.as_deref() == Some(origin_of(attempt.url()).as_str()) {
+            } else if same {
                 attempt.follow()
             } else {
                 attempt.stop()
@@ -157,15 +159,9 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let url = req.url();
-        let target = Target {
-            scheme: Some(url.scheme()),
-            host: url.host_str(),
-            port: url.port_or_known_default(),
-        };
         let attach = self
             .policy
-            .should_attach(&target, req.headers())
+            .should_attach(req.url(), req.headers())
             .map_err(reqwest_middleware::Error::middleware)?;
         if !attach {
             return next.run(req, extensions).await;
@@ -183,10 +179,12 @@ impl Middleware for AuthMiddleware {
         AuthPolicy::attach(req.headers_mut(), &token);
         set_remaining(&mut req, deadline);
         let grpc = AuthPolicy::is_grpc(req.headers());
-        let origin = req.url().origin();
-        let replay = req.try_clone();
+        // The URL is kept for the resend, and to tell whether a redirect took the request
+        // to another origin: the one allocation of this path.
+        let url = req.url().clone();
+        let replay = Resend::of(&req);
         let response = next.clone().run(req, extensions).await?;
-        if response.url().origin() != origin {
+        if !same_origin(response.url(), &url) {
             // A redirect took the request elsewhere: this answer says nothing of the token.
             return Ok(response);
         }
@@ -204,8 +202,9 @@ impl Middleware for AuthMiddleware {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         match (fresh, replay) {
-            (Some(fresh), Some(mut replay)) => {
+            (Some(fresh), Some(replay)) => {
                 drop(response);
+                let mut replay = replay.into_request(url);
                 AuthPolicy::attach(replay.headers_mut(), &fresh);
                 set_remaining(&mut replay, deadline);
                 let response = next.run(replay, extensions).await?;
@@ -219,6 +218,59 @@ impl Middleware for AuthMiddleware {
             _ => Ok(response),
         }
     }
+}
+
+/// What it takes to send a request again, kept when its body can be cloned (any body but a
+/// stream). The headers are kept as a list without `Authorization` (the resend gets a
+/// fresh one): a request with no other header costs no allocation here.
+struct Resend {
+    method: reqwest::Method,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    body: Option<reqwest::Body>,
+    version: http::Version,
+}
+
+impl Resend {
+    fn of(req: &Request) -> Option<Self> {
+        // reqwest clones a body only with its request; a request without one (most GETs)
+        // needs no clone at all.
+        let body = match req.body() {
+            Some(_) => Some(req.try_clone()?.body_mut().take()?),
+            None => None,
+        };
+        let mut headers = Vec::with_capacity(req.headers().len().saturating_sub(1));
+        headers.extend(
+            req.headers()
+                .iter()
+                .filter(|(name, _)| *name != http::header::AUTHORIZATION)
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        Some(Self {
+            method: req.method().clone(),
+            headers,
+            body,
+            version: req.version(),
+        })
+    }
+
+    fn into_request(self, url: reqwest::Url) -> Request {
+        let mut req = Request::new(self.method, url);
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len() + 1);
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        *req.body_mut() = self.body;
+        *req.version_mut() = self.version;
+        req
+    }
+}
+
+/// Whether two URLs share scheme, host and port, without allocating as `Url::origin` does.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Shrinks the request's timeout to what is left of it, so the token wait and the send

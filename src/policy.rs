@@ -83,11 +83,39 @@ impl fmt::Debug for Origin {
     }
 }
 
-/// Where a request is going, as far as the policy needs to know.
-pub(crate) struct Target<'a> {
-    pub(crate) scheme: Option<&'a str>,
-    pub(crate) host: Option<&'a str>,
-    pub(crate) port: Option<u16>,
+/// Where a request is going, as far as the policy needs to know. The host and port are
+/// asked for only when needed (plain http, bound origins): parsing them out of a URI is
+/// most of what checking costs.
+pub(crate) trait Target {
+    fn scheme(&self) -> Option<&str>;
+    fn host(&self) -> Option<&str>;
+    /// The port, the scheme's default when none is written.
+    fn port(&self) -> Option<u16>;
+}
+
+impl Target for http::Uri {
+    fn scheme(&self) -> Option<&str> {
+        self.scheme_str()
+    }
+    fn host(&self) -> Option<&str> {
+        http::Uri::host(self)
+    }
+    fn port(&self) -> Option<u16> {
+        self.port_u16()
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl Target for reqwest::Url {
+    fn scheme(&self) -> Option<&str> {
+        Some(reqwest::Url::scheme(self))
+    }
+    fn host(&self) -> Option<&str> {
+        self.host_str()
+    }
+    fn port(&self) -> Option<u16> {
+        self.port_or_known_default()
+    }
 }
 
 /// What a response says about the token the request carried.
@@ -161,7 +189,7 @@ impl AuthPolicy {
     ///
     /// An origin-form request (no scheme or host, as a tonic channel sends) is attached to;
     /// with bound origins, its `Host` header, if any, must name one of them.
-    pub(crate) fn should_attach(&self, target: &Target<'_>, headers: &HeaderMap) -> Result<bool> {
+    pub(crate) fn should_attach(&self, target: &impl Target, headers: &HeaderMap) -> Result<bool> {
         if headers.contains_key(AUTHORIZATION) {
             return Ok(false);
         }
@@ -169,8 +197,8 @@ impl AuthPolicy {
             return Err(error.clone());
         }
         if let Some(origins) = &self.origins {
-            let bound = match (target.scheme, target.host) {
-                (Some(scheme), Some(host)) => Origin::new(scheme, host, target.port)
+            let bound = match (target.scheme(), target.host()) {
+                (Some(scheme), Some(host)) => Origin::new(scheme, host, target.port())
                     .is_some_and(|origin| origins.contains(&origin)),
                 _ => match headers.get(HOST).and_then(|h| h.to_str().ok()) {
                     Some(authority) => origins.iter().any(|o| o.has_authority(authority)),
@@ -181,13 +209,16 @@ impl AuthPolicy {
                 return Ok(false);
             }
         }
-        check_transport(
-            target.scheme,
-            target.host,
-            self.allow_http,
-            "the access token",
-            self.allow_with,
-        )?;
+        let scheme = target.scheme();
+        if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
+            check_transport(
+                scheme,
+                target.host(),
+                self.allow_http,
+                "the access token",
+                self.allow_with,
+            )?;
+        }
         Ok(true)
     }
 

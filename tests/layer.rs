@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use httpmock::prelude::*;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -142,7 +143,39 @@ async fn two_401s_return_the_second_and_403_is_untouched() {
 }
 
 #[tokio::test]
-async fn a_streaming_body_gets_its_401_back() {
+async fn a_boxed_body_is_recorded_and_resent_byte_identical() {
+    let server = MockServer::start_async().await;
+    let (provider, tokens) = issuing(&server, &["tok-1", "tok-2"]).await;
+    let rejected = server
+        .mock_async(|when, then| {
+            when.method(POST)
+                .path("/v2/echo")
+                .header("authorization", "Bearer tok-1");
+            then.status(401);
+        })
+        .await;
+    let accepted = server
+        .mock_async(|when, then| {
+            when.method(POST)
+                .path("/v2/echo")
+                .header("authorization", "Bearer tok-2")
+                .body("streamed in three chunks");
+            then.status(200);
+        })
+        .await;
+    let service = AuthService::new(http_client::<BoxBody<Bytes, Infallible>>(), provider);
+    let chunks = ["streamed ", "in three ", "chunks"].map(|c| Ok(Frame::data(Bytes::from(c))));
+    let body = StreamBody::new(tokio_stream::iter(chunks)).boxed();
+    let request = Request::post(server.url("/v2/echo")).body(body).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(rejected.calls_async().await, 1);
+    assert_eq!(accepted.calls_async().await, 1);
+    assert_eq!(total_calls(&tokens).await, 2);
+}
+
+#[tokio::test]
+async fn a_body_over_the_replay_limit_gets_its_401_back() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, &["tok-1", "tok-2"]).await;
     let api = server
@@ -151,14 +184,18 @@ async fn a_streaming_body_gets_its_401_back() {
             then.status(401);
         })
         .await;
-    let service = AuthService::new(http_client::<BoxBody<Bytes, Infallible>>(), provider);
-    // A boxed body with data is opaque: it cannot be replayed.
-    let body = Full::new(Bytes::from("stream")).boxed();
+    let service = ServiceBuilder::new()
+        .layer(AuthLayer::new(provider.clone()).replay_limit(8))
+        .service(http_client::<BoxBody<Bytes, Infallible>>());
+    let chunks = ["more than ", "eight bytes"].map(|c| Ok(Frame::data(Bytes::from(c))));
+    let body = StreamBody::new(tokio_stream::iter(chunks)).boxed();
     let request = Request::post(server.url("/v2/echo")).body(body).unwrap();
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.status(), 401);
-    assert_eq!(api.calls_async().await, 1);
-    assert_eq!(total_calls(&tokens).await, 1);
+    assert_eq!(api.calls_async().await, 1, "not resent");
+    // The rejected token was invalidated all the same: the next call fetches a new one.
+    provider.token().await.unwrap();
+    assert_eq!(total_calls(&tokens).await, 2);
 }
 
 #[tokio::test]
