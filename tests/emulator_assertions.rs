@@ -261,7 +261,7 @@ async fn other_alg_is_invalid_grant() {
 async fn wrong_grant_type_is_unsupported_grant_type() {
     let emu = Emulator::start().await.unwrap();
     let form = format!(
-        "assertion={}&grant_type=client_credentials",
+        "assertion={}&grant_type=password",
         Assertion::valid(&emu).sign()
     );
     expect_error(&emu, form, "unsupported_grant_type").await;
@@ -422,6 +422,7 @@ async fn stats_count_requests_and_outcomes() {
             token_failures: 2,
             api_requests: 3,
             api_unauthorized: 2,
+            ..Stats::default()
         }
     );
     let debug = format!("{emu:?}");

@@ -1,23 +1,29 @@
 //! An offline emulator of DT's identity service and a slice of its API.
 //!
 //! [`Emulator`] is an HTTP/1.1 server on a loopback port that runs inside the caller's Tokio
-//! runtime and stops when dropped. It generates one service account, exchanges JWT-bearer
-//! assertions signed with it for access tokens the way DT's identity service does, and serves
-//! two API routes that demand those tokens. Tests can shorten token lifetimes, revoke tokens,
-//! inject faults into the token endpoint and count requests, all without network access.
+//! runtime and stops when dropped. It generates one service account and one OAuth2 client,
+//! exchanges JWT-bearer assertions signed with the account (the way DT's identity service
+//! does) or the client's credentials for access tokens, and serves API routes that demand
+//! those tokens, among them DT's device event stream fed by a few emulated devices. Tests can
+//! shorten token lifetimes, revoke tokens, inject faults into the token endpoint, decide how
+//! streams end and count requests, all without network access.
 //!
 //! # What it validates
 //!
 //! `POST /oauth2/token` (other methods get 405, other paths 404) answers an RFC 6749 §5.1
 //! token response (`access_token`, `token_type: "bearer"`, `expires_in`, with
-//! `Cache-Control: no-store`) only if all of these hold; otherwise HTTP 400 with an RFC 6749
-//! §5.2 `error` and an `error_description` naming the failed check (never the assertion or
-//! the secret):
+//! `Cache-Control: no-store`) only if all of these hold; otherwise an RFC 6749 §5.2 `error`
+//! with an `error_description` naming the failed check (never the assertion, a secret or
+//! another credential), with HTTP 400 unless said otherwise:
 //!
 //! - the body is `application/x-www-form-urlencoded` and decodes (`+`, `%XX`, UTF-8), with no
 //!   parameter repeated — else `invalid_request`;
-//! - `grant_type` is present — else `invalid_request` — and is exactly
-//!   `urn:ietf:params:oauth:grant-type:jwt-bearer` — else `unsupported_grant_type`;
+//! - `grant_type` is present — else `invalid_request` — and is
+//!   `urn:ietf:params:oauth:grant-type:jwt-bearer` or `client_credentials` — else
+//!   `unsupported_grant_type`.
+//!
+//! For the **JWT-bearer grant** (RFC 7523, DT's):
+//!
 //! - `assertion` is present and not empty — else `invalid_request`;
 //! - and, else `invalid_grant`: the assertion is a JWT whose header has `alg` `HS256` and a
 //!   `kid` equal to the account's key id; its HMAC-SHA256 signature verifies with the secret's
@@ -25,14 +31,59 @@
 //!   [`token_url`](Emulator::token_url); `exp` is in the future; `iat` is present and not more
 //!   than 60 s in the future. `exp` and `iat` get 60 s of leeway for clock skew.
 //!
-//! A body larger than 64 KiB gets 413.
+//! For the **client-credentials grant** (RFC 6749 §4.4), the client authenticates as the
+//! emulator's [client](Emulator::client_credentials) (RFC 6749 §2.3.1):
 //!
-//! The API routes, `GET /v2/projects` (one DT-shaped project) and `POST /v2/echo` (returns the
-//! JSON body it got, 400 if it is not JSON), need `Authorization: Bearer <token>` with a token
-//! this emulator issued that has not outlived its TTL (measured on Tokio's clock) and has not
-//! been [revoked](Emulator::revoke_all). Otherwise they answer 401 with
+//! - either with HTTP Basic, `Authorization: Basic base64(urlencode(id) ":"
+//!   urlencode(secret))`, decoded accordingly (padding optional, `+` is a space), or with the
+//!   `client_id` and `client_secret` form parameters — both at once (Basic and
+//!   `client_secret`, or a `client_id` parameter other than Basic's) is `invalid_request`;
+//! - missing, malformed, empty or wrong credentials are `invalid_client` with HTTP 401, plus
+//!   `WWW-Authenticate: Basic realm="emulator"` when the request had an `Authorization`
+//!   header;
+//! - an optional `scope` must be scope tokens separated by single spaces (RFC 6749 §3.3) —
+//!   else `invalid_scope` — and is echoed as `scope` in the token response; an optional
+//!   `audience` is accepted and ignored.
+//!
+//! Tokens of both grants are alike: same lifetime, same routes, same revocation. A body
+//! larger than 64 KiB gets 413.
+//!
+//! # API routes
+//!
+//! All need `Authorization: Bearer <token>` with a token this emulator issued that has not
+//! outlived its TTL (measured on Tokio's clock) and has not been
+//! [revoked](Emulator::revoke_all). Otherwise they answer 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"` and DT's error body
 //! `{"error", "code": 401, "help"}`. Other `/v2` paths get 404.
+//!
+//! - `GET /v2/projects`: one DT-shaped project.
+//! - `POST /v2/echo`: returns the JSON body it got; 400 if it is not JSON.
+//! - `GET /v2/projects/{project}/devices:stream`: DT's device event stream, one long-lived
+//!   `200` with `content-type: application/x-ndjson` and a chunked body of one JSON object
+//!   per line. A ticker emits one event every [event interval](EmulatorBuilder::event_interval)
+//!   round-robin over three emulated [devices](Emulator::device_ids), and every open stream
+//!   gets every event (a client that reads too slowly misses some):
+//!
+//!   ```text
+//!   {"result":{"event":{"eventId":"evt-000000000042","targetName":"projects/{project}/devices/{device}","eventType":"temperature","data":{"temperature":{"value":21.37,"updateTime":"2024-02-29T13:05:09.123456Z"}},"timestamp":"2024-02-29T13:05:09.123456Z"}}}
+//!   ```
+//!
+//!   The event id carries a global sequence number, so that a client can detect a gap; see
+//!   [`event_sequence`]. With the query parameter `ping_interval` (DT's `10s`, also `500ms`,
+//!   `1.5s`, `2m`; at most a day), heartbeats go out at that interval:
+//!   `{"result":{"event":{"eventType":"ping","timestamp":"…"}}}`; a bad value gets 400 with
+//!   DT's error body. When the token that opened the stream expires or is revoked, the
+//!   stream ends as [`set_stream_end`](Emulator::set_stream_end) says: by default with one
+//!   last line, `{"error":{"code":16,"message":"the access token has expired","status":"UNAUTHENTICATED"}}`
+//!   (or `"…has been revoked"`), and a clean end of the body.
+//!
+//! # Controls
+//!
+//! [`set_token_ttl`](Emulator::set_token_ttl), [`revoke_all`](Emulator::revoke_all) (which
+//! also ends open streams at once), [`inject_fault`](Emulator::inject_fault) (token
+//! endpoint only), [`set_event_interval`](Emulator::set_event_interval),
+//! [`set_stream_end`](Emulator::set_stream_end), [`close_streams`](Emulator::close_streams)
+//! (a network drop of every open stream) and [`stats`](Emulator::stats).
 //!
 //! # Example
 //!
@@ -60,19 +111,47 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::ServiceAccount;
+use crate::{ClientCredentials, ServiceAccount};
 
+mod body;
+mod client_auth;
+mod events;
 mod fault;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod grpc;
+mod race;
+mod rfc3339;
 mod server;
+mod stream;
+mod stream_end;
 mod validate;
 
+use client_auth::Client;
+pub use events::event_sequence;
 pub use fault::Fault;
+pub use stream_end::StreamEnd;
 
 /// Lifetime of the tokens the emulator issues unless told otherwise: one hour, like DT's.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Time between two device events unless told otherwise: 500 ms. Real sensors report every
+/// few minutes, but a test or an example should see several events a second without waiting,
+/// while an idle emulator still costs next to nothing.
+pub const DEFAULT_EVENT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How many emulated devices take turns emitting events: enough for a client to see events
+/// from more than one device, few enough to tell them apart at a glance.
+const DEVICE_COUNT: usize = 3;
+
+/// Events a stream may fall behind the ticker before it misses some; it only happens to a
+/// stream task that was not scheduled for this many event intervals.
+const EVENT_BUFFER: usize = 64;
 
 /// An emulated DT identity service and API on `127.0.0.1`; see the [module docs](self).
 ///
@@ -83,12 +162,16 @@ pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
+    ticker: JoinHandle<()>,
 }
 
 /// Configures an [`Emulator`] before it starts; from [`Emulator::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EmulatorBuilder {
     token_ttl: Duration,
+    event_interval: Duration,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
 }
 
 /// Request counts, from [`Emulator::stats`].
@@ -104,19 +187,40 @@ pub struct Stats {
     pub api_requests: u64,
     /// API requests refused with 401.
     pub api_unauthorized: u64,
+    /// Event streams answered with 200.
+    pub streams_opened: u64,
+    /// Event lines written to streams, summed over streams (pings and error lines not
+    /// included).
+    pub events_sent: u64,
+    /// gRPC calls to `emulator.Echo` (feature `tonic`), refused ones included.
+    pub grpc_calls: u64,
+    /// gRPC calls refused with `UNAUTHENTICATED`.
+    pub grpc_unauthenticated: u64,
 }
 
 /// State shared by the handle and the connection tasks.
 struct Shared {
     account: ServiceAccount,
+    client: Client,
     token_url: String,
     state: Mutex<State>,
+    /// The device ids.
+    devices: Arc<[Arc<str>]>,
+    /// Fed by the ticker; every stream subscribes.
+    events: broadcast::Sender<Arc<events::Event>>,
+    /// The ticker's period.
+    event_interval: watch::Sender<Duration>,
+    /// Bumped by every `revoke_all`.
+    revocations: watch::Sender<u64>,
+    /// Bumped by every `close_streams`.
+    closes: watch::Sender<u64>,
 }
 
 struct State {
     token_ttl: Duration,
     tokens: HashMap<String, IssuedToken>,
     faults: VecDeque<(Fault, usize)>,
+    stream_end: StreamEnd,
     stats: Stats,
 }
 
@@ -124,6 +228,12 @@ struct IssuedToken {
     /// `None`: the TTL is too long to represent, so the token does not expire.
     expires_at: Option<Instant>,
     revoked: bool,
+}
+
+/// A bearer token that checked out: its value and expiry.
+struct Bearer {
+    token: String,
+    expires_at: Option<Instant>,
 }
 
 /// Why a bearer token is refused.
@@ -148,6 +258,9 @@ impl Emulator {
     pub fn builder() -> EmulatorBuilder {
         EmulatorBuilder {
             token_ttl: DEFAULT_TOKEN_TTL,
+            event_interval: DEFAULT_EVENT_INTERVAL,
+            client_id: None,
+            client_secret: None,
         }
     }
 
@@ -156,6 +269,36 @@ impl Emulator {
     /// returns the same credentials.
     pub fn account(&self) -> ServiceAccount {
         self.shared.account.clone()
+    }
+
+    /// The OAuth2 client's id, for the client-credentials grant: generated at start (e.g.
+    /// `emulator-client-1a2b3c4d`) unless set with [`EmulatorBuilder::client_id`].
+    pub fn client_id(&self) -> String {
+        self.shared.client.id.clone()
+    }
+
+    /// The OAuth2 client's secret, for the client-credentials grant: 40 random alphanumeric
+    /// characters generated at start unless set with [`EmulatorBuilder::client_secret`].
+    ///
+    /// This is a secret: keep it out of logs and assertion messages. The emulator itself
+    /// never shows it (its `Debug` and its error descriptions leave it out).
+    pub fn client_secret(&self) -> String {
+        self.shared.client.secret.expose_secret().to_owned()
+    }
+
+    /// A [`ClientCredentials`] source for the emulator's client: its token URL is this
+    /// emulator's, its credentials [`client_id`](Self::client_id) and
+    /// [`client_secret`](Self::client_secret), and it keeps the default client
+    /// authentication (HTTP Basic). Set a scope or another client authentication on it as on
+    /// any other.
+    pub fn client_credentials(&self) -> ClientCredentials {
+        ClientCredentials::new(self.token_url(), self.client_id(), self.client_secret())
+    }
+
+    /// The ids of the emulated devices that take turns emitting events, in turn order; the
+    /// events' `targetName` is `projects/{project}/devices/{id}`.
+    pub fn device_ids(&self) -> Vec<String> {
+        self.shared.devices.iter().map(|d| d.to_string()).collect()
     }
 
     /// The token endpoint, `http://127.0.0.1:PORT/oauth2/token`; also the `aud` assertions
@@ -186,12 +329,37 @@ impl Emulator {
         self.shared.lock().token_ttl = ttl;
     }
 
-    /// Revokes every token issued so far: the API answers 401 to them. Tokens issued later
-    /// are valid.
+    /// Revokes every token issued so far: the API answers 401 to them, and every event
+    /// stream they opened ends at once, as [`set_stream_end`](Self::set_stream_end) says.
+    /// Tokens issued later are valid.
     pub fn revoke_all(&self) {
         for token in self.shared.lock().tokens.values_mut() {
             token.revoked = true;
         }
+        self.shared
+            .revocations
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Sets the time between two device events, from the next event on (the wait for it
+    /// starts again now). A zero interval counts as 1 ms. Default:
+    /// [`DEFAULT_EVENT_INTERVAL`] (500 ms), or what [`EmulatorBuilder::event_interval`] set.
+    pub fn set_event_interval(&self, interval: Duration) {
+        self.shared.event_interval.send_replace(interval);
+    }
+
+    /// Sets how open event streams end when the token that opened them expires or is
+    /// revoked; it applies to streams open now, too. Default: [`StreamEnd::Error`] with code
+    /// 16, like DT.
+    pub fn set_stream_end(&self, end: StreamEnd) {
+        self.shared.lock().stream_end = end;
+    }
+
+    /// Drops the connection of every open event stream now, mid-body and without an error
+    /// line, whatever [`set_stream_end`](Self::set_stream_end) says: a network drop. Streams
+    /// opened later are not affected.
+    pub fn close_streams(&self) {
+        self.shared.closes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Makes the next `times` token requests get `fault` instead of their normal answer.
@@ -210,8 +378,10 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        // Dropping the accept task drops its JoinSet, which aborts every connection task.
+        // Dropping the accept task drops its JoinSet, which aborts every connection task; the
+        // stream tasks stop when their connection's body is dropped.
         self.server.abort();
+        self.ticker.abort();
     }
 }
 
@@ -221,6 +391,20 @@ impl fmt::Debug for Emulator {
             .field("addr", &self.addr)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for EmulatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmulatorBuilder")
+            .field("token_ttl", &self.token_ttl)
+            .field("event_interval", &self.event_interval)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[REDACTED]"),
+            )
+            .finish()
     }
 }
 
@@ -238,28 +422,74 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Sets the time between two device events on the event stream; it can be changed later
+    /// with [`Emulator::set_event_interval`]. A zero interval counts as 1 ms. Default:
+    /// [`DEFAULT_EVENT_INTERVAL`] (500 ms).
+    pub fn event_interval(mut self, interval: Duration) -> Self {
+        self.event_interval = interval;
+        self
+    }
+
+    /// Sets the OAuth2 client's id (any text; it is form-urlencoded in HTTP Basic, so `:`
+    /// and non-ASCII characters are fine). An empty id never authenticates. Default: a
+    /// random `emulator-client-` id.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// Sets the OAuth2 client's secret (any text, like [`client_id`](Self::client_id)); it
+    /// is kept out of `Debug`. An empty secret never authenticates. Default: 40 random
+    /// alphanumeric characters.
+    pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Some(SecretString::from(secret.into()));
+        self
+    }
+
     /// Binds a free port of `127.0.0.1` and starts serving; see [`Emulator::start`].
     pub async fn start(self) -> std::io::Result<Emulator> {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let token_url = format!("http://{addr}{}", server::TOKEN_PATH);
         let account = generate_account().with_token_url(token_url.clone());
+        let client = Client {
+            id: self
+                .client_id
+                .unwrap_or_else(|| format!("emulator-client-{:08x}", fastrand::u32(..))),
+            secret: self
+                .client_secret
+                .unwrap_or_else(|| SecretString::from(random_alphanumeric(40))),
+        };
+        let devices: Arc<[Arc<str>]> = (0..DEVICE_COUNT)
+            .map(|_| Arc::from(random_lower(20)))
+            .collect();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (event_interval, interval_changes) = watch::channel(self.event_interval);
         let shared = Arc::new(Shared {
             account,
+            client,
             token_url,
             state: Mutex::new(State {
                 token_ttl: self.token_ttl,
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
+                stream_end: StreamEnd::default(),
                 stats: Stats::default(),
             }),
+            devices: Arc::clone(&devices),
+            events: events.clone(),
+            event_interval,
+            revocations: watch::Sender::new(0),
+            closes: watch::Sender::new(0),
         });
         let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        let ticker = tokio::spawn(events::run_ticker(events, devices, interval_changes));
         tracing::debug!(%addr, "emulator: listening");
         Ok(Emulator {
             addr,
             shared,
             server,
+            ticker,
         })
     }
 }
@@ -303,8 +533,13 @@ impl Shared {
         (token, ttl)
     }
 
+    /// Whether `token` has been revoked.
+    fn is_revoked(&self, token: &str) -> bool {
+        self.lock().tokens.get(token).is_some_and(|t| t.revoked)
+    }
+
     /// Counts an API request and checks its bearer token.
-    fn check_bearer(&self, headers: &HeaderMap) -> Result<(), TokenCheck> {
+    fn check_bearer(&self, headers: &HeaderMap) -> Result<Bearer, TokenCheck> {
         let token = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -321,30 +556,39 @@ impl Shared {
             Some(Some(issued)) if issued.expires_at.is_some_and(|at| Instant::now() >= at) => {
                 Err(TokenCheck::Expired)
             }
-            Some(Some(_)) => Ok(()),
+            Some(Some(issued)) => Ok(issued.expires_at),
         };
         if let Err(problem) = result {
             state.stats.api_unauthorized += 1;
             tracing::debug!(?problem, "emulator: API request unauthorized");
         }
-        result
+        result.map(|expires_at| Bearer {
+            token: token.unwrap_or_default().to_owned(),
+            expires_at,
+        })
     }
 }
 
 /// Credentials shaped like DT's: a 20-character key id, a service-account email and a
 /// 40-character secret.
 fn generate_account() -> ServiceAccount {
-    let lower = |n: usize| -> String {
-        (0..n)
-            .filter_map(|_| char::from_digit(fastrand::u32(..36), 36))
-            .collect()
-    };
-    let key_id = lower(20);
+    let key_id = random_lower(20);
     let email = format!(
         "emulator-{:08x}@{:08x}.serviceaccount.d21s.com",
         fastrand::u32(..),
         fastrand::u32(..)
     );
-    let secret: String = (0..40).map(|_| fastrand::alphanumeric()).collect();
-    ServiceAccount::new(key_id, email, secret)
+    ServiceAccount::new(key_id, email, random_alphanumeric(40))
+}
+
+/// `n` random characters of `[0-9a-z]`, like DT's ids.
+fn random_lower(n: usize) -> String {
+    (0..n)
+        .filter_map(|_| char::from_digit(fastrand::u32(..36), 36))
+        .collect()
+}
+
+/// `n` random characters of `[0-9A-Za-z]`, like DT's secrets.
+fn random_alphanumeric(n: usize) -> String {
+    (0..n).map(|_| fastrand::alphanumeric()).collect()
 }

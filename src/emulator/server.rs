@@ -7,16 +7,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+#[cfg(not(feature = "tonic"))]
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::validate::{Rejection, check_token_request};
+use super::body::Body;
+use super::race::first;
+use super::stream::{self, Subscriptions};
+use super::validate::{Grant, Rejection, check_token_request};
 use super::{Fault, Shared, TokenCheck};
 
 /// The token endpoint's path.
@@ -27,8 +32,6 @@ pub(super) const API_PREFIX: &str = "/v2";
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Where DT's error responses point.
 const HELP_URL: &str = "https://developer.disruptive-technologies.com/docs/error-codes";
-
-type Body = Full<Bytes>;
 
 /// Returned by the service to make hyper close the connection without answering.
 #[derive(Debug)]
@@ -41,6 +44,23 @@ impl fmt::Display for CloseConnection {
 }
 
 impl std::error::Error for CloseConnection {}
+
+/// Drops one connection on demand, whatever it is doing: how an event stream is cut
+/// mid-body.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Hangup(Arc<Notify>);
+
+impl Hangup {
+    /// Makes the connection task drop the connection (at once, or as soon as it starts
+    /// waiting for this).
+    pub(super) fn hang_up(&self) {
+        self.0.notify_one();
+    }
+
+    async fn wait(&self) {
+        self.0.notified().await;
+    }
+}
 
 /// Accepts connections until the task is aborted; dropping the task drops `connections`,
 /// which aborts every connection task with it.
@@ -57,23 +77,42 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = Arc::clone(&shared);
+        let hangup = Hangup::default();
         connections.spawn(async move {
+            let connection_hangup = hangup.clone();
             let service = service_fn(move |request| {
-                let shared = Arc::clone(&shared);
-                async move { handle(&shared, request).await }
+                let (shared, hangup) = (Arc::clone(&shared), hangup.clone());
+                async move { handle(&shared, request, hangup).await }
             });
-            // Errors here are a client going away or a `DropConnection` fault.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // HTTP/1.1, and HTTP/2 as well for the gRPC service (feature `tonic`).
+            #[cfg(not(feature = "tonic"))]
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            #[cfg(feature = "tonic")]
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            #[cfg(feature = "tonic")]
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            // Errors from the connection are a client going away or a `DropConnection`
+            // fault. A hang-up drops the connection, which closes the socket, mid-body if
+            // need be.
+            let _ = first(connection_hangup.wait(), connection).await;
         });
     }
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: Request<Incoming>,
+    hangup: Hangup,
 ) -> Result<Response<Body>, CloseConnection> {
+    #[cfg(feature = "tonic")]
+    if request
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+    {
+        return Ok(super::grpc::handle(shared, request).await.map(Body::Grpc));
+    }
     let path = request.uri().path();
     if path == TOKEN_PATH {
         if request.method() != Method::POST {
@@ -82,7 +121,7 @@ async fn handle(
         return token_endpoint(shared, request).await;
     }
     if path == API_PREFIX || path.starts_with("/v2/") {
-        return api(shared, request).await;
+        return api(shared, request, hangup).await;
     }
     Ok(response(StatusCode::NOT_FOUND, Bytes::new(), None))
 }
@@ -96,10 +135,9 @@ async fn token_endpoint(
     let body = match read_body(body).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
-            let rejection = Rejection {
-                error: "invalid_request",
-                description: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            };
+            let rejection = Rejection::request(format!(
+                "the request body is larger than {MAX_BODY_BYTES} bytes"
+            ));
             return Ok(token_error(
                 shared,
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,21 +160,31 @@ async fn token_endpoint(
         }
     }
 
-    let result = check_token_request(&parts.headers, &body, &shared.account, &shared.token_url);
-    if let Err(rejection) = result {
-        return Ok(token_error(shared, StatusCode::BAD_REQUEST, &rejection));
-    }
+    let result = check_token_request(
+        &parts.headers,
+        &body,
+        &shared.account,
+        &shared.client,
+        &shared.token_url,
+    );
+    let grant = match result {
+        Ok(grant) => grant,
+        Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
+    };
     let (token, ttl) = shared.issue_token();
     tracing::debug!(
+        ?grant,
         expires_in = ttl.as_secs(),
         "emulator: issued an access token"
     );
-    let body = json!({
-        "access_token": token,
-        "token_type": "bearer",
-        "expires_in": ttl.as_secs(),
-    });
-    let mut response = json_response(StatusCode::OK, &body);
+    let mut body = Map::new();
+    body.insert("access_token".into(), token.into());
+    body.insert("token_type".into(), "bearer".into());
+    body.insert("expires_in".into(), ttl.as_secs().into());
+    if let Grant::ClientCredentials { scope: Some(scope) } = grant {
+        body.insert("scope".into(), scope.into());
+    }
+    let mut response = json_response(StatusCode::OK, &Value::Object(body));
     no_store(&mut response);
     Ok(response)
 }
@@ -154,6 +202,12 @@ fn token_error(shared: &Shared, status: StatusCode, rejection: &Rejection) -> Re
     });
     let mut response = json_response(status, &body);
     no_store(&mut response);
+    if rejection.challenge {
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"emulator\""),
+        );
+    }
     response
 }
 
@@ -187,15 +241,36 @@ fn fault_response(fault: Fault) -> Result<Response<Body>, CloseConnection> {
 }
 
 async fn api(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: Request<Incoming>,
+    hangup: Hangup,
 ) -> Result<Response<Body>, CloseConnection> {
-    let check = shared.check_bearer(request.headers());
-    if let Err(problem) = check {
-        return Ok(unauthorized(problem));
-    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let stream_project = stream::project_of(&path);
+    // Before the token check, so that a revocation right after it reaches the stream.
+    let subscriptions = stream_project.map(|_| Subscriptions::new(shared));
+    let bearer = match shared.check_bearer(request.headers()) {
+        Ok(bearer) => bearer,
+        Err(problem) => return Ok(unauthorized(problem)),
+    };
+    if let (Some(project), Some(subscriptions)) = (stream_project, subscriptions) {
+        if method != Method::GET {
+            return Ok(dt_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+            ));
+        }
+        let query = request.uri().query();
+        return Ok(stream::open(
+            shared,
+            project,
+            query,
+            bearer,
+            subscriptions,
+            hangup,
+        ));
+    }
     Ok(match (path.as_str(), method) {
         ("/v2/projects", Method::GET) => json_response(StatusCode::OK, &projects()),
         ("/v2/projects", _) => dt_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
@@ -249,7 +324,7 @@ fn unauthorized(problem: TokenCheck) -> Response<Body> {
 }
 
 /// DT's error shape: `{"error", "code", "help"}`.
-fn dt_error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn dt_error(status: StatusCode, message: &str) -> Response<Body> {
     let code = status.as_u16();
     json_response(
         status,
@@ -274,7 +349,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
 }
 
 fn response(status: StatusCode, body: Bytes, content_type: Option<&'static str>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     if let Some(content_type) = content_type {
         response

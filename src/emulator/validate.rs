@@ -1,15 +1,17 @@
-//! The token request checks: form decoding and JWT-bearer assertion validation.
+//! The token request checks: form decoding, the grant type, and per grant the JWT-bearer
+//! assertion or the client's credentials.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::JwtBearer;
+use super::client_auth::Client;
 use crate::ServiceAccount;
+use crate::{ClientCredentials, JwtBearer};
 
 /// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
 /// give.
@@ -21,32 +23,67 @@ pub(super) const LEEWAY_SECS: u64 = 60;
 pub(super) struct Rejection {
     pub(super) error: &'static str,
     pub(super) description: String,
+    /// 400, or 401 for `invalid_client`.
+    pub(super) status: StatusCode,
+    /// Whether the answer carries `WWW-Authenticate: Basic realm="emulator"`: RFC 6749 §5.2
+    /// wants it when the client tried to authenticate with the `Authorization` header.
+    pub(super) challenge: bool,
 }
 
 impl Rejection {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn new(error: &'static str, description: impl Into<String>) -> Self {
         Self {
             error,
             description: description.into(),
+            status: StatusCode::BAD_REQUEST,
+            challenge: false,
         }
     }
 
-    fn request(description: impl Into<String>) -> Self {
+    pub(super) fn request(description: impl Into<String>) -> Self {
         Self::new("invalid_request", description)
     }
 
     fn grant(description: impl Into<String>) -> Self {
         Self::new("invalid_grant", description)
     }
+
+    /// `invalid_client`, 401.
+    pub(super) fn client(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            ..Self::new("invalid_client", description)
+        }
+    }
+
+    /// Adds the Basic challenge.
+    pub(super) fn with_challenge(self) -> Self {
+        Self {
+            challenge: true,
+            ..self
+        }
+    }
 }
 
-/// Checks a whole token request: content type, form, grant type and assertion.
+/// A token request that passed every check.
+#[derive(Debug)]
+pub(super) enum Grant {
+    /// The RFC 7523 JWT-bearer grant, DT's.
+    JwtBearer,
+    /// The RFC 6749 §4.4 client-credentials grant, with the `scope` asked for (echoed in the
+    /// token response).
+    ClientCredentials { scope: Option<String> },
+}
+
+/// Checks a whole token request: content type, form, grant type, and the grant's own
+/// parameters.
 pub(super) fn check_token_request(
     headers: &HeaderMap,
     body: &[u8],
     account: &ServiceAccount,
+    client: &Client,
     token_url: &str,
-) -> Result<(), Rejection> {
+) -> Result<Grant, Rejection> {
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -59,26 +96,55 @@ pub(super) fn check_token_request(
     }
     let form = parse_form(body)?;
     match form.get("grant_type") {
-        None => return Err(Rejection::request("the grant_type parameter is missing")),
-        Some(grant) if grant != JwtBearer::GRANT_TYPE => {
-            return Err(Rejection::new(
-                "unsupported_grant_type",
-                format!("grant_type must be {}", JwtBearer::GRANT_TYPE),
-            ));
+        None => Err(Rejection::request("the grant_type parameter is missing")),
+        Some(JwtBearer::GRANT_TYPE) => match form.get("assertion") {
+            None | Some("") => Err(Rejection::request("the assertion parameter is missing")),
+            Some(assertion) => {
+                check_assertion(assertion, account, token_url).map(|()| Grant::JwtBearer)
+            }
+        },
+        Some(ClientCredentials::GRANT_TYPE) => {
+            client.authenticate(headers, &form)?;
+            // `audience` is accepted and means nothing here: there is one API.
+            let scope = form.get("scope").map(check_scope).transpose()?;
+            Ok(Grant::ClientCredentials { scope })
         }
-        Some(_) => {}
+        Some(_) => Err(Rejection::new(
+            "unsupported_grant_type",
+            format!(
+                "grant_type must be {} or {}",
+                JwtBearer::GRANT_TYPE,
+                ClientCredentials::GRANT_TYPE
+            ),
+        )),
     }
-    match form.get("assertion") {
-        None | Some("") => Err(Rejection::request("the assertion parameter is missing")),
-        Some(assertion) => check_assertion(assertion, account, token_url),
+}
+
+/// RFC 6749 §3.3: one or more scope tokens of `%x21 / %x23-5B / %x5D-7E`, separated by
+/// single spaces. Anything else is `invalid_scope`.
+fn check_scope(scope: &str) -> Result<String, Rejection> {
+    let token_ok = |token: &str| {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+    };
+    if scope.split(' ').all(token_ok) {
+        Ok(scope.to_owned())
+    } else {
+        Err(Rejection::new(
+            "invalid_scope",
+            "the scope parameter is not a space-separated list of scope tokens",
+        ))
     }
 }
 
 /// The decoded parameters of a form body.
-struct Form(Vec<(String, String)>);
+pub(super) struct Form(Vec<(String, String)>);
 
 impl Form {
-    fn get(&self, name: &str) -> Option<&str> {
+    /// The value of the parameter `name`, if present.
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
@@ -89,7 +155,7 @@ impl Form {
 /// Decodes `application/x-www-form-urlencoded`: `&`-separated `name=value` pairs, `+` for
 /// space, `%XX` escapes, UTF-8. A bad escape, bad UTF-8 or a repeated parameter (RFC 6749
 /// §3.1) is `invalid_request`.
-fn parse_form(body: &[u8]) -> Result<Form, Rejection> {
+pub(super) fn parse_form(body: &[u8]) -> Result<Form, Rejection> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
@@ -110,7 +176,8 @@ fn parse_form(body: &[u8]) -> Result<Form, Rejection> {
     Ok(Form(pairs))
 }
 
-fn percent_decode(input: &[u8]) -> Option<String> {
+/// Decodes one form-urlencoded name or value; `None` for a bad escape or bad UTF-8.
+pub(super) fn percent_decode(input: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(input.len());
     let mut bytes = input.iter();
     while let Some(&b) = bytes.next() {
