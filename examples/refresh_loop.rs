@@ -15,19 +15,26 @@
 //! cargo run --example refresh_loop -- [--interval SECS] [--count N] [--api-url URL]
 //! ```
 //!
-//! Exits non-zero if any call failed.
+//! Exits non-zero if any call failed; credentials that are set but broken end it with their
+//! error.
+
+mod common;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use reqwest_middleware::ClientBuilder;
-use token_refresh::emulator::Emulator;
-use token_refresh::{AuthMiddleware, Error, JwtBearer, ServiceAccount, TokenProvider};
-
-const DT_API_URL: &str = "https://api.disruptive-technologies.com/v2";
+use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
 
 /// Token lifetime of the emulator in the demo: short enough to show a refresh quickly.
 const DEMO_TTL: Duration = Duration::from_secs(30);
+
+const USAGE: &str = "usage: refresh_loop [--interval SECS] [--count N] [--api-url URL]
+
+Makes an authenticated call every --interval seconds (default 5) and prints how long the
+token will still be used. Credentials: DT_CREDENTIALS_FILE, or DT_SERVICE_ACCOUNT_KEY_ID,
+DT_SERVICE_ACCOUNT_SECRET and DT_SERVICE_ACCOUNT_EMAIL; with none set, the built-in
+emulator (30 s tokens).";
 
 struct Args {
     interval: Duration,
@@ -58,12 +65,7 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--api-url" => args.api_url = Some(value()?),
-            "-h" | "--help" => {
-                return Err(
-                    "usage: refresh_loop [--interval SECS] [--count N] [--api-url URL]".into(),
-                );
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
+            other => return Err(format!("unknown argument {other:?}")),
         }
     }
     Ok(args)
@@ -71,43 +73,28 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if common::help_asked(USAGE) {
+        return ExitCode::SUCCESS;
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("{message}");
+            eprintln!("{message}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
 
-    // Keep the emulator alive for the whole run; it stops when dropped.
-    let (account, emulator) = match ServiceAccount::discover() {
-        Ok(account) => (account, None),
-        Err(Error::NoCredentials) => {
-            let emulator = match Emulator::builder().token_ttl(DEMO_TTL).start().await {
-                Ok(emulator) => emulator,
-                Err(e) => {
-                    eprintln!("cannot start the emulator: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            println!(
-                "No DT credentials set: using the built-in emulator at {} with {}s tokens.",
-                emulator.api_url(),
-                DEMO_TTL.as_secs()
-            );
-            (emulator.account(), Some(emulator))
-        }
-        Err(e) => {
-            eprintln!("{e}");
+    // Keep the setup alive for the whole run: its emulator, if any, stops when dropped.
+    let setup = match common::setup(args.api_url.clone(), DEMO_TTL).await {
+        Ok(setup) => setup,
+        Err(error) => {
+            eprintln!("refresh_loop: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let api_url = args
-        .api_url
-        .or_else(|| emulator.as_ref().map(Emulator::api_url))
-        .unwrap_or_else(|| DT_API_URL.to_owned());
+    let api_url = setup.api_url.clone();
 
-    let provider = TokenProvider::new(JwtBearer::new(account));
+    let provider = TokenProvider::new(JwtBearer::new(setup.account.clone()));
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(provider.clone()))
         .build();

@@ -45,6 +45,7 @@ pub mod emulator;
 mod error;
 mod exchange;
 mod grants;
+pub mod health;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "reqwest")]
@@ -67,6 +68,7 @@ pub use exchange::parse_token_response;
 pub use exchange::{TokenEndpoint, TokenRequest};
 pub use grants::client_credentials::{ClientAuth, ClientCredentials};
 pub use grants::jwt_bearer::JwtBearer;
+pub use health::Health;
 #[cfg(feature = "tower")]
 pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 #[cfg(feature = "reqwest")]

@@ -51,6 +51,10 @@ use crate::provider::TokenProvider;
 ///   [`max_wait`](crate::TokenProviderBuilder::max_wait) bounds the token wait.
 /// - A request extension [`MinValidity`] (`RequestBuilder::with_extension`) asks for a
 ///   token that lasts at least that long.
+/// - The response carries the [`AccessToken`](crate::AccessToken) that authorized it in its
+///   extensions (`response.extensions().get::<AccessToken>()`): a stream that fails in-band
+///   later (an error line saying the token expired) can
+///   [`reject`](TokenProvider::reject) exactly that token before reconnecting.
 /// - On a rejection — HTTP 401, or `grpc-status: 16` in the headers of a gRPC response — the
 ///   token the request carried is reported to the provider
 ///   ([`TokenProvider::reject`]), and if the request body can be cloned
@@ -60,9 +64,10 @@ use crate::provider::TokenProvider;
 ///   `insufficient_scope`, and a 401 from another origin than the request's (a redirect
 ///   target that was not sent the token) refresh nothing.
 /// - Tokens go only over https or to loopback hosts, unless [`allow_http`](Self::allow_http).
-/// - Token errors are `reqwest_middleware::Error::Middleware`;
-///   [`Error::find`](crate::Error::find) gets the [`crate::Error`] out of it, also behind
-///   `reqwest-retry` and `reqwest-tracing`.
+/// - Token errors are `reqwest_middleware::Error::Middleware` with the token error's
+///   message; [`Error::find`](crate::Error::find) gets the [`crate::Error`] out of it,
+///   also behind `reqwest-retry` and `reqwest-tracing` (a plain walk of `source()` finds it
+///   too).
 ///
 /// # Composing with other middleware
 ///
@@ -162,7 +167,7 @@ impl Middleware for AuthMiddleware {
         let attach = self
             .policy
             .should_attach(req.url(), req.headers())
-            .map_err(reqwest_middleware::Error::middleware)?;
+            .map_err(token_error)?;
         if !attach {
             return next.run(req, extensions).await;
         }
@@ -174,7 +179,7 @@ impl Middleware for AuthMiddleware {
                 .policy
                 .token(min, deadline)
                 .await
-                .map_err(reqwest_middleware::Error::middleware)?,
+                .map_err(token_error)?,
         };
         AuthPolicy::attach(req.headers_mut(), &token);
         set_remaining(&mut req, deadline);
@@ -183,7 +188,10 @@ impl Middleware for AuthMiddleware {
         // to another origin: the one allocation of this path.
         let url = req.url().clone();
         let replay = Resend::of(&req);
-        let response = next.clone().run(req, extensions).await?;
+        let mut response = next.clone().run(req, extensions).await?;
+        // The token that authorized the response, for a caller whose long response (a
+        // stream) later fails in-band and must `reject` exactly that token.
+        response.extensions_mut().insert(token.clone());
         if !same_origin(response.url(), &url) {
             // A redirect took the request elsewhere: this answer says nothing of the token.
             return Ok(response);
@@ -200,24 +208,49 @@ impl Middleware for AuthMiddleware {
             .policy
             .after_rejection(&token, replay.is_some(), min, deadline)
             .await
-            .map_err(reqwest_middleware::Error::middleware)?;
+            .map_err(token_error)?;
         match (fresh, replay) {
             (Some(fresh), Some(replay)) => {
                 drop(response);
                 let mut replay = replay.into_request(url);
                 AuthPolicy::attach(replay.headers_mut(), &fresh);
                 set_remaining(&mut replay, deadline);
-                let response = next.run(replay, extensions).await?;
+                let mut response = next.run(replay, extensions).await?;
                 if AuthPolicy::verdict(response.status(), response.headers(), grpc)
                     == Verdict::Accepted
                 {
                     fresh.mark_accepted();
                 }
+                response.extensions_mut().insert(fresh);
                 Ok(response)
             }
             _ => Ok(response),
         }
     }
+}
+
+/// A token error as a middleware error. It shows the token error's message and returns the
+/// token error itself as its `source()`, so that [`Error::find`](crate::Error::find) — or a
+/// plain walk of `source()` — finds it whatever wraps it: reqwest-middleware's transparent
+/// `Middleware` variant, or reqwest-retry's transparent `RetryError::Error`, which hide the
+/// error they wrap from both a downcast and the source chain.
+#[derive(Debug)]
+struct TokenError(crate::Error);
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+fn token_error(error: crate::Error) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(TokenError(error))
 }
 
 /// What it takes to send a request again, kept when its body can be cloned (any body but a

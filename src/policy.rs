@@ -311,6 +311,7 @@ impl AuthPolicy {
             return Ok(None);
         }
         tracing::debug!("token rejected: resending once with a fresh one");
+        self.provider.record_resend();
         Ok(Some(fresh))
     }
 

@@ -5,10 +5,10 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::defaults::*;
 use crate::error::{Error, Result};
+use crate::health::{Health, Metrics};
 use crate::source::TokenSource;
 use crate::token::AccessToken;
 
@@ -100,10 +101,16 @@ struct Inner {
     /// proactive window keep the fast path while the background refresh runs.
     refreshing: AtomicBool,
     state: Mutex<State>,
+    metrics: Metrics,
+    /// Calls of the token source, for [`Health`].
+    token_requests: AtomicU64,
+    /// Refreshes forced by rejections, for [`Health`].
+    forced_refreshes: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
 struct Config {
+    name: String,
     hard_margin: Duration,
     proactive_margin: Duration,
     max_attempts: u32,
@@ -126,6 +133,11 @@ struct State {
     storm: StormGuard,
     /// A runtime found to have no time driver, so it is not probed again.
     no_time: Option<tokio::runtime::Id>,
+    consecutive_failures: u32,
+    /// The error of the last refresh, if it failed.
+    last_error: Option<Error>,
+    /// When the last successful refresh completed.
+    last_refresh: Option<SystemTime>,
 }
 
 #[derive(Clone)]
@@ -140,6 +152,7 @@ struct Cached {
 /// One refresh: a task on `runtime` that publishes its outcome.
 struct Flight {
     id: u64,
+    started: Instant,
     runtime: Handle,
     outcome: watch::Sender<Outcome>,
     /// Whether a waiter is checking that `runtime` still runs the refresh.
@@ -200,6 +213,7 @@ impl TokenProvider {
         TokenProviderBuilder {
             source: Box::new(source),
             config: Config {
+                name: "default".to_owned(),
                 hard_margin: DEFAULT_HARD_MARGIN,
                 proactive_margin: DEFAULT_PROACTIVE_MARGIN,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -304,6 +318,7 @@ impl TokenProvider {
                 retry_in_ms = (later(last, guard.interval) - now).as_millis() as u64,
                 "rejected access token kept: a refresh was forced moments ago"
             );
+            self.inner.metrics.forced_refresh(false);
             return false;
         }
         guard.interval = if token.was_accepted() || guard.last_forced.is_none() {
@@ -317,11 +332,50 @@ impl TokenProvider {
         };
         guard.last_forced = Some(now);
         self.inner.drop_cached(token);
+        self.inner.metrics.forced_refresh(true);
+        self.inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             next_forced_refresh_in_ms = guard.interval.as_millis() as u64,
             "access token rejected by the server: refreshing it"
         );
         true
+    }
+
+    /// A snapshot of the provider's state, for readiness probes and dashboards: whether a
+    /// token is cached and for how long, whether a refresh is running, failures in a row and
+    /// the last error. Cheap: one uncontended lock and a clock read. See [`Health`].
+    pub fn health(&self) -> Health {
+        let inner = &self.inner;
+        let state = inner.lock_state();
+        let now = Instant::now();
+        let cached = inner.read_cache().clone();
+        let until = |at: Instant| at.saturating_duration_since(now);
+        if let Some(cached) = &cached {
+            inner.metrics.expiry(until(cached.token.expires_at()));
+        }
+        Health {
+            token_cached: cached.is_some(),
+            expires_in: cached.as_ref().map(|c| until(c.token.expires_at())),
+            usable_for: cached.as_ref().map(|c| until(c.usable_until)),
+            refresh_in: cached.as_ref().map(|c| until(c.refresh_at)),
+            refreshing: state.flight.is_some(),
+            consecutive_failures: state.consecutive_failures,
+            last_error: state.last_error.clone(),
+            last_refresh: state.last_refresh,
+            token_requests: inner.token_requests.load(Ordering::Relaxed),
+            forced_refreshes: inner.forced_refreshes.load(Ordering::Relaxed),
+            cooling_down_for: state
+                .failure
+                .as_ref()
+                .map(|f| until(f.retry_at))
+                .filter(|d| !d.is_zero()),
+        }
+    }
+
+    /// Counts a request resent after a rejection (for the metrics).
+    #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
+    pub(crate) fn record_resend(&self) {
+        self.inner.metrics.resend();
     }
 
     /// How much longer `token` will be handed out: the time until it reaches this provider's
@@ -544,13 +598,20 @@ impl Inner {
         state.next_flight_id += 1;
         let flight = Arc::new(Flight {
             id,
+            started: Instant::now(),
             runtime: runtime.clone(),
             outcome: watch::Sender::new(Outcome::Pending),
             probing: AtomicBool::new(false),
             progress: Mutex::default(),
         });
         self.set_flight(state, Some(Arc::clone(&flight)));
-        let span = tracing::debug_span!(parent: None, "token_refresh", refresh_id = id, background);
+        let span = tracing::debug_span!(
+            parent: None,
+            "token_refresh",
+            provider = %self.config.name,
+            refresh_id = id,
+            background
+        );
         span.follows_from(tracing::Span::current());
         // Built outside the task, so that a task dropped before its first poll (its
         // runtime is shutting down) still reports the refresh lost.
@@ -590,6 +651,8 @@ impl Inner {
                 }
                 Err(_) => Err(Error::Timeout(config.fetch_timeout)),
             };
+            self.metrics.token_request(&result);
+            self.token_requests.fetch_add(1, Ordering::Relaxed);
             let error = match result {
                 Ok(token) => {
                     tracing::info!(
@@ -689,12 +752,20 @@ impl FlightGuard {
             return;
         }
         inner.set_flight(&mut state, None);
+        let elapsed = self.flight.started.elapsed();
         match &result {
             Ok(token) => {
                 state.failure = None;
+                state.consecutive_failures = 0;
+                state.last_error = None;
+                state.last_refresh = Some(SystemTime::now());
                 *inner.write_cache() = Some(inner.config.cache_entry(token.clone()));
+                inner.metrics.refresh(elapsed, Some(token.expires_in()));
             }
             Err(error) => {
+                state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+                state.last_error = Some(error.clone());
+                inner.metrics.refresh(elapsed, None);
                 let wait = error.retry_after().map_or(inner.config.cooldown, |asked| {
                     asked.min(MAX_COOLDOWN).max(inner.config.cooldown)
                 });
@@ -876,15 +947,25 @@ impl TokenProviderBuilder {
         self
     }
 
+    /// Names the provider in its `tracing` spans and (feature `metrics`) as the `provider`
+    /// label of its metrics, to tell several providers apart. Default: `default`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
     /// The provider. Does no I/O.
     pub fn build(self) -> TokenProvider {
         TokenProvider {
             inner: Arc::new(Inner {
                 source: self.source,
+                metrics: Metrics::new(&self.config.name),
                 config: self.config,
                 cache: RwLock::new(None),
                 refreshing: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
+                token_requests: AtomicU64::new(0),
+                forced_refreshes: AtomicU64::new(0),
             }),
         }
     }

@@ -94,7 +94,7 @@ async fn injected_faults_behave_as_the_provider_promises() {
         panic!("expected a middleware error: {error:?}");
     };
     assert_eq!(
-        inner.downcast_ref::<Error>().and_then(Error::oauth_error),
+        Error::find(&**inner).and_then(Error::oauth_error),
         Some("invalid_grant")
     );
     let stats = emulator.stats();

@@ -232,7 +232,7 @@ async fn a_403_is_returned_untouched() {
 }
 
 #[tokio::test]
-async fn a_token_failure_is_a_downcastable_middleware_error() {
+async fn a_token_failure_is_a_middleware_error_that_error_find_finds() {
     let server = MockServer::start_async().await;
     token_endpoint(&server, |then| {
         then.status(400)
@@ -253,9 +253,7 @@ async fn a_token_failure_is_a_downcastable_middleware_error() {
     let reqwest_middleware::Error::Middleware(inner) = &error else {
         panic!("expected a middleware error, got {error:?}");
     };
-    let cause = inner
-        .downcast_ref::<Error>()
-        .expect("a token_refresh::Error");
+    let cause = Error::find(&**inner).expect("a token_refresh::Error");
     assert_eq!(cause.oauth_error(), Some("invalid_client"));
     assert!(error.to_string().contains("invalid_client"), "{error}");
     assert_eq!(
@@ -281,7 +279,7 @@ async fn a_token_endpoint_that_is_down_is_reported() {
         panic!("expected a middleware error, got {error:?}");
     };
     assert!(
-        matches!(inner.downcast_ref::<Error>(), Some(Error::Connect(_))),
+        matches!(Error::find(&**inner), Some(Error::Connect(_))),
         "{error:?}"
     );
 }
@@ -338,7 +336,7 @@ async fn plain_http_to_a_public_host_is_refused_unless_allowed() {
         panic!("expected a middleware error, got {error:?}");
     };
     assert!(matches!(
-        inner.downcast_ref::<Error>(),
+        Error::find(&**inner),
         Some(Error::InsecureTransport { .. })
     ));
     assert!(
