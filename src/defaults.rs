@@ -96,7 +96,7 @@ pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// at a day means a revoked token is dropped by the next refresh at the latest.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
 
-/// Most bytes of a request body [`AuthLayer`](crate::AuthLayer) records to resend it after a
+/// Most bytes of a request body `AuthLayer` (feature `tower`) records to resend it after a
 /// rejection. 64 KiB holds any JSON API call or unary gRPC message worth resending, as
 /// linkerd2-proxy's retries hold, while a large upload or a long stream is sent without
 /// being kept in memory (and its rejection is returned as it is).

@@ -360,8 +360,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// of a credential that was sent to it is replaced, control characters are dropped, and the
 /// length is capped.
 #[derive(Default)]
-pub(crate) struct Scrubber<'a> {
-    secrets: Vec<&'a str>,
+pub(crate) struct Scrubber {
+    secrets: Vec<String>,
 }
 
 /// Longest server text kept in an error, in characters.
@@ -370,12 +370,17 @@ const MAX_SERVER_TEXT: usize = 512;
 /// Shortest secret worth scrubbing: shorter strings would match innocent text.
 const MIN_SECRET_LEN: usize = 6;
 
-impl<'a> Scrubber<'a> {
-    /// Scrubs `secret` and, for a JWT, each of its dot-separated parts.
-    pub(crate) fn secret(mut self, secret: &'a str) -> Self {
-        for part in std::iter::once(secret).chain(secret.split('.')) {
-            if part.len() >= MIN_SECRET_LEN && !self.secrets.contains(&part) {
-                self.secrets.push(part);
+impl Scrubber {
+    /// Scrubs `secret` as it is, as it goes into a form (`application/x-www-form-urlencoded`)
+    /// and, for a JWT, each of its dot-separated parts.
+    pub(crate) fn secret(mut self, secret: &str) -> Self {
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let parts = std::iter::once(secret)
+            .chain(std::iter::once(encoded.as_str()))
+            .chain(secret.split('.'));
+        for part in parts {
+            if part.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|s| s == part) {
+                self.secrets.push(part.to_owned());
             }
         }
         self
@@ -384,7 +389,7 @@ impl<'a> Scrubber<'a> {
     pub(crate) fn text(&self, text: &str) -> String {
         let mut text = text.to_owned();
         // Longest first, so a whole assertion is replaced before its parts.
-        let mut secrets = self.secrets.clone();
+        let mut secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         for secret in secrets {
             if text.contains(secret) {
@@ -400,7 +405,7 @@ impl<'a> Scrubber<'a> {
     }
 }
 
-impl fmt::Debug for Scrubber<'_> {
+impl fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scrubber").finish_non_exhaustive()
     }

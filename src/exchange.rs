@@ -37,19 +37,58 @@ const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VE
 ///   a connect timeout and a `User-Agent` naming this crate;
 /// - plain `http://` only to loopback hosts, unless [`allow_http`](Self::allow_http);
 /// - a response read of at most [`MAX_RESPONSE_BYTES`](crate::defaults::MAX_RESPONSE_BYTES);
-/// - RFC 6749 §5.1 / §5.2 parsing: `token_type` in any case of `bearer`, `expires_in`
-///   missing (one hour), as a string, or implausibly long (capped at a day), an `error` body
-///   even with status 200, `Retry-After` in seconds or as an HTTP-date (measured against the
-///   server's `Date`);
+/// - RFC 6749 §5.1 / §5.2 parsing: an `access_token` that is not an RFC 6750 `b64token`
+///   refused, `token_type` in any case of `bearer`, `expires_in` missing (one hour), as a
+///   string, or implausibly long (capped at a day) and counted from when the request was
+///   sent, an `error` body even with status 200, `Retry-After` in seconds or as an HTTP-date
+///   (measured against the server's `Date`);
 /// - the transient / permanent split of [`Error::is_transient`];
 /// - no redirect is followed, whatever client is supplied: the body is sent so that no
 ///   client can resend it to a 307's target, and an answer from another origin is refused;
-/// - every secret parameter scrubbed from whatever text the server sends back.
+/// - every secret parameter scrubbed from whatever text the server sends back, which is
+///   also stripped of control characters and cut at 512 characters.
+///
+/// # Example
+///
+/// A grant of your own is a [`TokenSource`](crate::TokenSource) (here a closure) that builds
+/// its form and sends it. Against the built-in emulator (`token_refresh::emulator`, feature
+/// `emulator`), offline, the client-credentials grant written by hand:
 ///
 /// ```
-/// use token_refresh::{AccessToken, TokenEndpoint, TokenProvider};
+/// # #[cfg(feature = "emulator")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use token_refresh::emulator::Emulator;
+/// use token_refresh::{TokenEndpoint, TokenProvider};
 ///
-/// // An RFC 6749 §6 refresh-token grant as a token source.
+/// let emulator = Emulator::start().await?;
+/// let endpoint = TokenEndpoint::new(emulator.token_url());
+/// let (id, secret) = (emulator.client_id(), emulator.client_secret());
+/// let provider = TokenProvider::new(move || {
+///     let (endpoint, id, secret) = (endpoint.clone(), id.clone(), secret.clone());
+///     async move {
+///         endpoint
+///             .request()
+///             .param("grant_type", "client_credentials")
+///             .basic_auth(&id, &secret)
+///             .send()
+///             .await
+///     }
+/// });
+///
+/// let token = provider.token().await?;
+/// assert!(!token.expose_secret().is_empty());
+/// assert_eq!(emulator.stats().token_successes, 1);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "emulator"))]
+/// # fn main() {}
+/// ```
+///
+/// An RFC 6749 §6 refresh-token grant is the same with its own parameters:
+///
+/// ```
+/// use token_refresh::{TokenEndpoint, TokenProvider};
+///
 /// let endpoint = TokenEndpoint::new("https://auth.example.com/oauth2/token");
 /// let refresh_token = String::from("r3fr3sh");
 /// let provider = TokenProvider::new(move || {
@@ -63,7 +102,7 @@ const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VE
 ///             .await
 ///     }
 /// });
-/// # drop(provider);
+/// # drop(provider); // lazy: nothing is sent until the first token()
 /// ```
 #[derive(Clone)]
 pub struct TokenEndpoint {
@@ -179,7 +218,7 @@ pub struct TokenRequest<'a> {
     endpoint: &'a TokenEndpoint,
     form: String,
     basic: Option<SecretString>,
-    scrubber: Scrubber<'a>,
+    scrubber: Scrubber,
     sending: &'static str,
     allow_with: &'static str,
 }
@@ -210,7 +249,12 @@ impl<'a> TokenRequest<'a> {
             encode(client_id),
             encode(client_secret)
         ));
-        self.scrubber = self.scrubber.secret(client_secret);
+        // The secret as it was sent: in the Base64 credentials (padded or not) as well.
+        self.scrubber = self
+            .scrubber
+            .secret(client_secret)
+            .secret(&credentials)
+            .secret(credentials.trim_end_matches('='));
         self.basic = Some(SecretString::from(format!("Basic {credentials}")));
         self
     }
@@ -241,7 +285,13 @@ impl<'a> TokenRequest<'a> {
         self
     }
 
-    /// Sends the request and turns the answer into a token or a precise [`Error`].
+    /// Sends the request and turns the answer into a token or a precise [`Error`], e.g.
+    /// [`Error::OAuth`] for an RFC 6749 §5.2 error body, [`Error::HttpStatus`] for another
+    /// error status, [`Error::Redirect`] for a redirect, [`Error::Connect`],
+    /// [`Error::Timeout`] or [`Error::Transport`] when the exchange itself fails, and,
+    /// with nothing sent, [`Error::Config`] for a URL that does not parse or
+    /// [`Error::InsecureTransport`] for plain http to a host that is not loopback. The
+    /// token's lifetime counts from when the request was sent.
     pub async fn send(mut self) -> Result<AccessToken> {
         let endpoint = self.endpoint;
         let url = reqwest::Url::parse(&endpoint.url)
@@ -390,7 +440,7 @@ pub(crate) fn parse_response(
     retry_after: Option<Duration>,
     body: &[u8],
     sent_at: Instant,
-    scrubber: &Scrubber<'_>,
+    scrubber: &Scrubber,
 ) -> Result<AccessToken> {
     let success = (200..300).contains(&status);
     let json = serde_json::from_slice::<Value>(body);

@@ -15,7 +15,7 @@ use crate::token::AccessToken;
 use crate::transport::check_transport;
 
 /// A request extension that asks for a token valid for at least this long, read by both
-/// [`AuthMiddleware`](crate::AuthMiddleware) and [`AuthLayer`](crate::AuthLayer): the request
+/// `AuthMiddleware` (feature `reqwest`) and `AuthLayer` (feature `tower`): the request
 /// gets the cached token if it lasts that long, else one fresh from a refresh (shared with
 /// every other caller, as always). For a request that must outlive the next minutes, such as
 /// a stream; see [`TokenProvider::token_valid_for`] for the details.

@@ -29,22 +29,49 @@ pub enum ClientAuth {
 /// A [`TokenSource`] for the RFC 6749 §4.4 client-credentials grant: a client id and secret
 /// exchanged for an access token at a [`TokenEndpoint`].
 ///
-/// The form is `grant_type=client_credentials`, plus `scope` (space-joined), `audience` and
-/// any other parameter set here. The secret is a [`secrecy`] secret: redacted in `Debug` and
-/// scrubbed from anything the server sends back. `invalid_client` and `invalid_scope` are
-/// permanent errors that fail at once with the server's text; 5xx, 429 and timeouts are
-/// retried by the [`TokenProvider`](crate::TokenProvider).
+/// The form is `grant_type=client_credentials`, plus `scope` (space-joined, each scope once),
+/// `audience` and any other parameter set here. The client authenticates with HTTP Basic
+/// (the default) or with `client_id` and `client_secret` in the form; see [`ClientAuth`].
+/// The secret is a [`secrecy`] secret: redacted in `Debug` and scrubbed from anything the
+/// server sends back. An empty client id or secret fails before anything is sent
+/// ([`Error::EmptyCredential`]). `invalid_client` and `invalid_scope` are permanent errors
+/// that fail at once with the server's text; 5xx, 429 and timeouts are retried by the
+/// [`TokenProvider`](crate::TokenProvider). Everything about the request itself (its own
+/// client without redirects, timeouts, the response parsing, scrubbing) is the
+/// [`TokenEndpoint`]'s. Constructing a `ClientCredentials` does no I/O.
+///
+/// # Example
+///
+/// Against the built-in emulator (`token_refresh::emulator`, feature `emulator`), offline;
+/// with a real server, pass its token URL and your client's credentials:
 ///
 /// ```
+/// # #[cfg(feature = "emulator")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use token_refresh::emulator::Emulator;
 /// use token_refresh::{ClientAuth, ClientCredentials, TokenProvider};
 ///
-/// let source = ClientCredentials::new("https://auth.example.com/oauth2/token", "my-client", "s3cr3t")
-///     .scope("read:devices write:devices")
-///     .audience("https://api.example.com")
-///     .client_auth(ClientAuth::Basic);
-/// let provider = TokenProvider::new(source);
-/// # drop(provider);
+/// let emulator = Emulator::start().await?;
+/// let source = ClientCredentials::new(
+///     emulator.token_url(),
+///     emulator.client_id(),
+///     emulator.client_secret(),
+/// )
+/// .scope("read:devices write:devices")
+/// .audience("https://api.example.com")
+/// .client_auth(ClientAuth::Basic); // the default; `ClientAuth::Post` sends them in the form
+/// let provider = TokenProvider::new(source); // nothing is fetched until the first token()
+///
+/// let token = provider.token().await?;
+/// assert!(!token.expose_secret().is_empty());
+/// assert_eq!(emulator.stats().token_successes, 1);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "emulator"))]
+/// # fn main() {}
 /// ```
+///
+/// The emulator's `client_credentials()` builds the same source in one call.
 #[derive(Clone)]
 pub struct ClientCredentials {
     endpoint: TokenEndpoint,
@@ -59,8 +86,10 @@ impl ClientCredentials {
     /// The `grant_type` of RFC 6749 §4.4.2.
     pub const GRANT_TYPE: &'static str = "client_credentials";
 
-    /// The client `client_id` with `client_secret`, at the token endpoint `token_url`.
-    /// Empty values are reported at the first token request ([`Error::EmptyCredential`]).
+    /// The client `client_id` with `client_secret`, at the token endpoint `token_url`. Does
+    /// no I/O. An empty (or whitespace-only) client id or an empty secret is reported at the
+    /// first token request, before anything is sent ([`Error::EmptyCredential`] naming
+    /// `client_id` or `client_secret`).
     pub fn new(
         token_url: impl Into<String>,
         client_id: impl Into<String>,

@@ -47,21 +47,33 @@ const ALLOW_WITH: &str = "`JwtBearer::allow_http(true)`; for a provider from \
 /// client without redirects, timeouts, the response parsing, scrubbing) is the
 /// [`TokenEndpoint`]'s. Constructing a `JwtBearer` does no I/O.
 ///
+/// # Example
+///
+/// Against the built-in emulator (`token_refresh::emulator`, feature `emulator`), offline:
+///
 /// ```
+/// # #[cfg(feature = "emulator")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use token_refresh::emulator::Emulator;
 /// use token_refresh::{JwtBearer, ServiceAccount, TokenProvider};
 ///
-/// let account = ServiceAccount::new("key-id", "sa@example.com", "secret");
-/// let source = JwtBearer::new(account).token_url("https://auth.example.com/oauth2/token");
+/// let emulator = Emulator::start().await?;
+/// // The emulator's account names its token URL, as a DT credentials file does; an account
+/// // built with `ServiceAccount::new(key_id, email, secret)` uses DT's unless told otherwise.
+/// let account: ServiceAccount = emulator.account();
+/// let source = JwtBearer::new(account).token_url(emulator.token_url());
 /// let provider = TokenProvider::new(source); // nothing is fetched until the first token()
 ///
-/// // An assertion that another system signs and rotates on disk:
-/// let projected = JwtBearer::from_assertion_file(
-///     "https://login.example.com/oauth2/token",
-///     "/var/run/secrets/tokens/assertion",
-/// )
-/// .scope("api://my-api/.default");
-/// # drop((provider, projected));
+/// let token = provider.token().await?;
+/// assert!(!token.expose_secret().is_empty());
+/// assert_eq!(emulator.stats().token_successes, 1);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "emulator"))]
+/// # fn main() {}
 /// ```
+///
+/// [`from_assertion_file`](Self::from_assertion_file) has an example of its own.
 #[derive(Clone)]
 pub struct JwtBearer {
     assertion: Assertion,
@@ -112,12 +124,63 @@ impl JwtBearer {
         }
     }
 
-    /// Sends the assertion in the file at `path`, read afresh at every exchange (never
-    /// cached, so a rotated assertion is used as soon as it is on disk), surrounding
-    /// whitespace trimmed. A missing, unreadable or empty file is an
-    /// [`Error::AssertionFile`] naming the path. [`subject`](Self::subject),
-    /// [`jti`](Self::jti) and [`audience`](Self::audience) do not apply: the assertion is
-    /// signed elsewhere.
+    /// Sends the assertion in the file at `path` (a Kubernetes projected service-account
+    /// token, a workload identity token) to `token_url`. The file is read afresh at every
+    /// exchange (never cached, so a rotated assertion is used as soon as it is on disk), its
+    /// surrounding whitespace trimmed. Does no I/O.
+    ///
+    /// A missing, unreadable, empty or whitespace-only file is an [`Error::AssertionFile`]
+    /// naming the path, and nothing is sent. It is not retried within a refresh; once the
+    /// provider's [cool-down](crate::TokenProviderBuilder::cooldown) has passed, the next
+    /// refresh reads the file again. [`subject`](Self::subject), [`jti`](Self::jti) and
+    /// [`audience`](Self::audience) do not apply: the assertion is signed elsewhere.
+    /// [`scope`](Self::scope) does.
+    ///
+    /// ```
+    /// # #[cfg(feature = "emulator")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh::{JwtBearer, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// # // Stands in for the system that signs assertions: here, for the emulator's account.
+    /// # let sign = |emulator: &Emulator| -> Result<String, Box<dyn std::error::Error>> {
+    /// #     let account = emulator.account();
+    /// #     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    /// #     header.kid = Some(account.key_id().to_owned());
+    /// #     let iat = std::time::SystemTime::now()
+    /// #         .duration_since(std::time::UNIX_EPOCH)?
+    /// #         .as_secs();
+    /// #     let claims = serde_json::json!({
+    /// #         "iss": account.email(),
+    /// #         "aud": emulator.token_url(),
+    /// #         "iat": iat,
+    /// #         "exp": iat + 3600,
+    /// #     });
+    /// #     let key = jsonwebtoken::EncodingKey::from_secret(account.expose_secret().as_bytes());
+    /// #     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+    /// # };
+    /// // Another system signs the assertion and writes it to a file.
+    /// let path = std::env::temp_dir()
+    ///     .join(format!("token-refresh-doc-assertion-{}.jwt", std::process::id()));
+    /// std::fs::write(&path, sign(&emulator)? + "\n")?;
+    ///
+    /// let source = JwtBearer::from_assertion_file(emulator.token_url(), &path);
+    /// let provider = TokenProvider::new(source);
+    /// let token = provider.token().await?;
+    ///
+    /// // It rotates the assertion; the next exchange reads the new one.
+    /// std::fs::write(&path, sign(&emulator)?)?;
+    /// provider.invalidate(&token);
+    /// let fresh = provider.token().await?;
+    /// assert!(!fresh.ptr_eq(&token));
+    /// assert_eq!(emulator.stats().token_successes, 2);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "emulator"))]
+    /// # fn main() {}
+    /// ```
     pub fn from_assertion_file(token_url: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         Self {
             assertion: Assertion::File(path.into()),
