@@ -285,8 +285,9 @@ impl TokenProvider {
     /// caller may then resend once with [`token`](Self::token), comparing the new token with
     /// the rejected one.
     ///
-    /// If `token` is still the cached token it is dropped, forcing a refresh — unless a
-    /// refresh was forced less than the storm guard's interval ago, in which case it is kept
+    /// If `token` is still the cached token it is dropped, forcing a refresh (a token past
+    /// its hard margin is simply dropped: it was due anyway) — unless a refresh was forced
+    /// less than the storm guard's interval ago, in which case it is kept
     /// and `false` is returned, so the caller returns the rejection as it is. The interval
     /// starts at [`DEFAULT_FORCED_REFRESH_INTERVAL`] and doubles, up to
     /// [`MAX_FORCED_REFRESH_INTERVAL`], each time a freshly fetched token is rejected before
@@ -299,16 +300,18 @@ impl TokenProvider {
     /// [`MAX_FORCED_REFRESH_INTERVAL`]: crate::defaults::MAX_FORCED_REFRESH_INTERVAL
     pub fn reject(&self, token: &AccessToken) -> bool {
         let mut state = self.inner.lock_state();
-        let cached = self
-            .inner
-            .read_cache()
-            .as_ref()
-            .is_some_and(|c| c.token.ptr_eq(token));
-        if !cached {
+        let now = Instant::now();
+        let usable = match self.inner.read_cache().as_ref() {
+            Some(cached) if cached.token.ptr_eq(token) => now < cached.usable_until,
             // Already replaced, or being replaced: the current token may differ.
+            _ => return true,
+        };
+        if !usable {
+            // A token past its hard margin was due for a refresh anyway (a stream that
+            // outlived it): dropping it forces nothing, so the guard is left alone.
+            self.inner.drop_cached(token);
             return true;
         }
-        let now = Instant::now();
         let config = &self.inner.config;
         let guard = &mut state.storm;
         if let Some(last) = guard.last_forced

@@ -3,32 +3,11 @@
 //! credentials file.
 #![cfg(all(feature = "reqwest", feature = "emulator"))]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
+use common::example;
 use httpmock::prelude::*;
 use serde_json::json;
-
-/// The example binary that `cargo test` built next to this test binary.
-fn example(name: &str) -> Command {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path: PathBuf = dir.join("examples").join(name);
-    assert!(path.exists(), "{} is built by `cargo test`", path.display());
-    let mut command = Command::new(path);
-    for var in [
-        "DT_CREDENTIALS_FILE",
-        "DT_SERVICE_ACCOUNT_KEY_ID",
-        "DT_SERVICE_ACCOUNT_SECRET",
-        "DT_SERVICE_ACCOUNT_EMAIL",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
 
 #[test]
 fn refresh_loop_runs_offline_against_the_emulator() {

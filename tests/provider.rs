@@ -507,3 +507,23 @@ async fn absurd_retry_after_and_settings_do_not_overflow() {
     ));
     assert_eq!(mock.calls_async().await, 1);
 }
+
+/// A token rejected after its hard margin (a stream that outlived it) was due anyway:
+/// dropping it does not arm the storm guard, so a real revocation right after is still
+/// recovered from at once.
+#[tokio::test(start_paused = true)]
+async fn rejecting_an_expired_token_does_not_arm_the_storm_guard() {
+    let (provider, calls) = counting_provider(Duration::from_secs(100), Duration::ZERO);
+    let t1 = provider.token().await.unwrap();
+    advance(Duration::from_secs(95)).await; // past its hard margin (10 s before expiry)
+    assert!(provider.reject(&t1));
+    let t2 = provider.token().await.unwrap();
+    assert_eq!(t2.expose_secret(), "t2");
+    // t2 is revoked at once: the guard lets this forced refresh through...
+    assert!(provider.reject(&t2));
+    let t3 = provider.token().await.unwrap();
+    assert_eq!(t3.expose_secret(), "t3");
+    // ...and holds the next one, moments later.
+    assert!(!provider.reject(&t3));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
