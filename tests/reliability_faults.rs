@@ -14,7 +14,8 @@
 //! - that a second `token()` right after gets the cached token, or the same error during the
 //!   cool-down, without another request.
 //!
-//! Real time throughout: these cases use sockets.
+//! Real time throughout: these cases use sockets. The cases run concurrently, each with its
+//! own servers and provider.
 //!
 //! The whole matrix runs in one test because the log capture is the test binary's global
 //! `tracing` subscriber: once every case has run, the captured TRACE logs and every error's
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{LogCapture, SECRET, account, closed_port_url, token_json};
+use common::{LogCapture, SECRET, account, closed_port_url, join_all, token_json};
 use httpmock::prelude::*;
 use serde_json::json;
 use token_refresh::defaults::{
@@ -1128,10 +1129,21 @@ async fn fault_matrix_and_no_leaks() {
         .push(SECRET.to_owned());
 
     let cases = cases(&secrets);
+    // The cases are independent (each has its own servers and provider): run them at once.
+    let results = join_all(cases.iter().map(|case| {
+        let secrets = &secrets;
+        async move {
+            let mut outputs = Vec::new();
+            let result = run(case, secrets, &mut outputs).await;
+            (result, outputs)
+        }
+    }))
+    .await;
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
-    for case in &cases {
-        if let Err(problem) = run(case, &secrets, &mut outputs).await {
+    for (case, (result, case_outputs)) in cases.iter().zip(results) {
+        outputs.extend(case_outputs);
+        if let Err(problem) = result {
             failures.push(format!("{}: {problem}", case.name));
         }
     }

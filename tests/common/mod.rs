@@ -306,3 +306,59 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Runs `futures` concurrently on the current task and returns their outputs in order: for
+/// independent cases that each wait on their own servers.
+pub async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// The example binary that `cargo test` built next to this test binary, with no DT
+/// credentials in its environment.
+pub fn example(name: &str) -> std::process::Command {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is built by `cargo test` (or `cargo build --example {name}`)",
+        path.display()
+    );
+    let mut command = std::process::Command::new(path);
+    for var in [
+        "DT_CREDENTIALS_FILE",
+        "DT_SERVICE_ACCOUNT_KEY_ID",
+        "DT_SERVICE_ACCOUNT_SECRET",
+        "DT_SERVICE_ACCOUNT_EMAIL",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
