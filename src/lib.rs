@@ -1,31 +1,157 @@
 //! Keeps outgoing HTTP requests authenticated with short-lived OAuth2 access tokens.
 //!
-//! A service account signs a JWT ([RFC 7523] JWT-bearer grant, HS256), swaps it at a token
-//! endpoint for an access token that lives about an hour, and this crate keeps every request
-//! authenticated without the application noticing:
-//!
-//! - [`ServiceAccount`] holds the credentials and finds them in the environment or a DT
-//!   credentials file;
-//! - [`JwtBearer`] is the grant, a [`TokenSource`]; any other source plugs in;
-//! - [`TokenProvider`] caches the [`AccessToken`], refreshes it before it expires (in the
-//!   background, so no request waits), deduplicates concurrent refreshes and survives
-//!   cancelled callers and failing endpoints.
+//! A token source — a service account signing a JWT ([RFC 7523] JWT-bearer grant, HS256),
+//! client credentials, anything else — gets an access token that lives about an hour; this
+//! crate caches it, refreshes it before it expires (in the background, so no request
+//! waits), shares one refresh among all callers, attaches `Authorization: Bearer …` to every
+//! request and resends a request once when the server rejects its token. It works out of the
+//! box for [Disruptive Technologies] service accounts and for any OAuth2 token endpoint.
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
+//! [Disruptive Technologies]: https://developer.disruptive-technologies.com
 //!
-//! # Example
+//! # Which type to reach for
 //!
-//! ```no_run
-//! use token_refresh::{JwtBearer, ServiceAccount, TokenProvider};
+//! | you have | reach for |
+//! |---|---|
+//! | a DT service account (`DT_SERVICE_ACCOUNT_*` or `DT_CREDENTIALS_FILE`) | [`TokenProvider::discover`] |
+//! | a service account signing JWTs for another server | [`ServiceAccount`] + [`JwtBearer`] |
+//! | an assertion signed elsewhere and rotated on disk (Kubernetes, workload identity) | [`JwtBearer::from_assertion_file`] |
+//! | an OAuth2 client id and secret | [`ClientCredentials`] |
+//! | another grant (refresh token, token exchange) | [`TokenEndpoint`], wrapped in a closure |
+//! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
+//! | the cache and refresh policy around any of them | [`TokenProvider`] |
+//! | a `reqwest` client | [`AuthMiddleware`] (feature `reqwest`) |
+//! | a tower stack: hyper-util's client, a tonic `Channel`, a proxy | [`AuthLayer`] (feature `tower`, `tonic` for tonic's body) |
+//! | a readiness probe or a dashboard | [`TokenProvider::health`], the `metrics` feature |
+//! | every default and why it is what it is | the [`defaults`] module |
 //!
-//! # async fn run() -> Result<(), token_refresh::Error> {
-//! // DT_SERVICE_ACCOUNT_KEY_ID, DT_SERVICE_ACCOUNT_SECRET, DT_SERVICE_ACCOUNT_EMAIL
-//! let account = ServiceAccount::from_env()?;
-//! let provider = TokenProvider::new(JwtBearer::new(account));
-//! let token = provider.token().await?; // fetched once, then cached and refreshed
-//! println!("token expires in {:?}", token.expires_in());
-//! # Ok(()) }
+//! # With reqwest
+//!
+//! Against the built-in [emulator] of DT's identity service and API, so it runs offline;
+//! with real credentials it is `TokenProvider::discover()?` and DT's URL:
+//!
 //! ```
+//! # #[cfg(all(feature = "reqwest", feature = "emulator"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use reqwest_middleware::ClientBuilder;
+//! use token_refresh::emulator::Emulator;
+//! use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
+//!
+//! let emulator = Emulator::start().await?;
+//! let provider = TokenProvider::new(JwtBearer::new(emulator.account()));
+//! let client = ClientBuilder::new(reqwest::Client::new())
+//!     .with(AuthMiddleware::new(provider).for_origin(&emulator.origin()))
+//!     .build();
+//! let projects = client.get(format!("{}/projects", emulator.api_url())).send().await?;
+//! assert_eq!(projects.status(), 200);
+//! # Ok(()) }
+//! # #[cfg(not(all(feature = "reqwest", feature = "emulator")))]
+//! # fn main() {}
+//! ```
+//!
+//! # With tower
+//!
+//! Any `Service<http::Request<B>>` whose service is `Clone`; over a tonic `Channel` it is
+//! the same one line (see [`AuthLayer`]):
+//!
+//! ```
+//! # #[cfg(feature = "tower")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use token_refresh::{AccessToken, AuthLayer, TokenProvider};
+//!
+//! let provider = TokenProvider::new(|| async {
+//!     AccessToken::new("t0k3n", Duration::from_secs(3600))
+//! });
+//! let api = service_fn(|request: http::Request<String>| async move {
+//!     Ok::<_, Infallible>(http::Response::new(request.headers()["authorization"].clone()))
+//! });
+//! let service = ServiceBuilder::new().layer(AuthLayer::new(provider)).service(api);
+//! let request = http::Request::get("https://api.example.com/v2/projects").body(String::new())?;
+//! assert_eq!(service.oneshot(request).await?.body(), "Bearer t0k3n");
+//! # Ok(()) }
+//! # #[cfg(not(feature = "tower"))]
+//! # fn main() {}
+//! ```
+//!
+//! # With any token source
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), token_refresh::Error> {
+//! use std::time::Duration;
+//! use token_refresh::{AccessToken, TokenProvider};
+//!
+//! // A closure is a TokenSource: a metadata server, a file, a vault, another client.
+//! let provider = TokenProvider::builder(|| async {
+//!     AccessToken::new("from-elsewhere", Duration::from_secs(600))
+//! })
+//! .name("elsewhere")
+//! .build();
+//! let token = provider.token().await?; // fetched once, then cached and refreshed
+//! assert!(provider.health().is_ready());
+//! # drop(token); Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `reqwest` | yes | [`AuthMiddleware`] for `reqwest-middleware` |
+//! | `tower` | yes | [`AuthLayer`] / [`AuthService`], replay of request bodies ([`ReplayBody`]) |
+//! | `emulator` | yes | [`emulator::Emulator`], an offline DT identity service and API for demos and tests |
+//! | `rustls` | yes | TLS through rustls (as reqwest's feature of that name) |
+//! | `native-tls` | no | TLS through the platform's library; with `default-features = false`, no aws-lc is built |
+//! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel`; with `emulator`, a gRPC echo service |
+//! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
+//!
+//! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there. HS256 signing
+//! uses jsonwebtoken's pure-Rust backend in every combination, so it never needs aws-lc or
+//! OpenSSL and never meets jsonwebtoken's "zero or two backends" panic.
+//!
+//! # Running a DT integration continuously
+//!
+//! An integration that runs for days — a device event stream open for hours, longer than any
+//! token — needs three things besides the middleware:
+//!
+//! - open each long request with a [`MinValidity`] request extension, so it never starts on
+//!   a token about to expire;
+//! - when a stream ends in-band because its token expired or was revoked, pass the token
+//!   that opened it (in the response's extensions) to [`TokenProvider::reject`], then
+//!   reconnect with backoff — `examples/stream_events.rs` does exactly this;
+//! - watch [`TokenProvider::health`] (a readiness probe: [`Health::is_ready`]) and, with the
+//!   `metrics` feature, the crate's metrics.
+//!
+//! # What it logs
+//!
+//! Through [`tracing`](https://docs.rs/tracing), never with a secret, an assertion or a
+//! token in a field. A refresh runs in a span `token_refresh` (fields `provider`,
+//! `refresh_id`, `background`) that follows from the span of the caller that started it.
+//!
+//! | level | message | fields |
+//! |---|---|---|
+//! | DEBUG | `token refresh started` | |
+//! | INFO | `access token refreshed` | `attempt`, `expires_in_secs` |
+//! | WARN | `token request failed; retrying` | `attempt`, `error`, `retry_in_ms` |
+//! | WARN | `token refresh failed` | `attempt`, `error` |
+//! | ERROR | `the token source panicked during a refresh` | |
+//! | DEBUG | `access token nears expiry: refreshing it in the background` | |
+//! | WARN | `the token refresh is stranded on a Tokio runtime that no longer runs it; restarting it on this one` | `refresh_id` |
+//! | DEBUG | `token refresh dropped with its runtime; a waiting caller restarts it` | |
+//! | DEBUG | `access token invalidated` | |
+//! | INFO | `access token rejected by the server: refreshing it` | `next_forced_refresh_in_ms` |
+//! | DEBUG | `rejected access token kept: a refresh was forced moments ago` | `retry_in_ms` |
+//! | DEBUG | `token rejected for a request that cannot be replayed: returning it` | |
+//! | DEBUG | `token rejected, but the provider has no newer one: returning it` | |
+//! | DEBUG | `token rejected: resending once with a fresh one` | |
+//! | WARN | `token endpoint claims an implausibly long lifetime; capping it` | `expires_in`, `cap` |
+//!
+//! The emulator logs its own DEBUG events, each starting with `emulator:`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(

@@ -42,13 +42,13 @@ async fn revoking_all_tokens_mid_stream_is_absorbed_by_one_retry() {
 #[tokio::test]
 async fn short_ttl_tokens_are_refreshed_before_they_expire() {
     let emulator = Emulator::builder()
-        .token_ttl(Duration::from_secs(2))
+        .token_ttl(Duration::from_secs(1))
         .start()
         .await
         .unwrap();
     let (client, _) = client_for(&emulator);
     let body = serde_json::json!({"n": 1}).to_string();
-    for i in 0..40 {
+    for i in 0..25 {
         let response = client
             .post(format!("{}/echo", emulator.api_url()))
             .header("content-type", "application/json")
@@ -65,7 +65,7 @@ async fn short_ttl_tokens_are_refreshed_before_they_expire() {
         stats.api_unauthorized, 0,
         "no request was sent with an expired token"
     );
-    // 4 s of requests with 2 s tokens replaced at 80 % of their life: at least 3 tokens.
+    // 2.5 s of requests with 1 s tokens replaced at 80 % of their life: at least 3 tokens.
     assert!(stats.token_requests >= 3, "{stats:?}");
 }
 
