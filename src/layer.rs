@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -140,16 +140,17 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
+impl<S: Clone> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> AuthService<S> {
         AuthService {
-            inner,
             shared: Arc::new(Shared {
                 policy: self.policy.clone(),
                 replay_limit: self.replay_limit,
+                spare: Mutex::new(inner.clone()),
             }),
+            inner,
         }
     }
 }
@@ -174,32 +175,38 @@ impl<S> Layer<S> for AuthLayer {
 /// - plain http only to loopback unless allowed; a [`MinValidity`] request extension asks
 ///   for a token that lasts.
 ///
-/// The inner service must be `Clone` (as hyper-util's client and tonic's `Channel` are):
-/// `poll_ready` is the inner service's, `call` moves the polled-ready service into the
-/// response future, and a resend waits for it to be ready again. The response future is a
-/// named state machine: a request whose token is cached allocates nothing on its way
-/// through, and the request's parts are copied for a resend only when its body can be
-/// replayed.
+/// The inner service must be `Clone` (as hyper-util's client and tonic's `Channel` are).
+/// `poll_ready` is the inner service's. A request whose token is cached is sent in `call`
+/// itself, on the polled-ready service; one that must wait for a token takes the
+/// polled-ready service into its future, leaving a clone in its place; a resend uses a
+/// clone made when the layer wrapped the service, and waits for it to be ready. The
+/// response future is a named state machine: a request whose token is cached allocates
+/// nothing and clones no service on its way through, and the request's parts are copied
+/// for a resend only when its body can be replayed.
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct AuthService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<S>>,
 }
 
 /// What every call of one service shares: one reference count per call.
-#[derive(Debug)]
-struct Shared {
+struct Shared<S> {
     policy: AuthPolicy,
     replay_limit: usize,
+    /// A clone of the inner service, cloned again for the rare resend: the common path
+    /// calls the inner service in place and clones nothing.
+    spare: Mutex<S>,
 }
 
-impl<S> AuthService<S> {
+impl<S: Clone> AuthService<S> {
     /// Wraps `inner`; the same as `AuthLayer::new(provider).layer(inner)`.
     pub fn new(inner: S, provider: TokenProvider) -> Self {
         AuthLayer::new(provider).layer(inner)
     }
+}
 
+impl<S> AuthService<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -241,9 +248,6 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The polled-ready service goes into the future; a clone takes its place here.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
         let mut future = ResponseFuture {
             state: State::Done,
@@ -262,20 +266,22 @@ where
                 error: Some(error.into()),
             },
             Ok(false) => State::Plain {
-                fut: service.call(request),
+                fut: self.inner.call(request),
             },
             Ok(true) => {
                 future.grpc = AuthPolicy::is_grpc(request.headers());
                 future.min = request.extensions().get::<MinValidity>().copied();
                 let min = future.min;
                 match shared.policy.cached_token(min.as_ref()) {
-                    Some(token) => {
-                        let fut = send(&mut service, shared, &mut future, token, request);
-                        future.service = Some(service);
-                        State::Call { fut }
-                    }
+                    // Sent in place: the polled-ready service is called at once.
+                    Some(token) => State::Call {
+                        fut: send(&mut self.inner, shared, &mut future, token, request),
+                    },
                     None => {
-                        future.service = Some(service);
+                        // Called later: the polled-ready service goes into the future, and
+                        // a clone takes its place here.
+                        let clone = self.inner.clone();
+                        future.service = Some(std::mem::replace(&mut self.inner, clone));
                         let policy = shared.policy.clone();
                         State::Token {
                             slow: Box::new(Slow {
@@ -295,7 +301,7 @@ where
 /// the request.
 fn send<S, B>(
     service: &mut S,
-    shared: &Shared,
+    shared: &Shared<S>,
     slots: &mut impl Slots<B>,
     token: AccessToken,
     request: Request<B>,
@@ -398,7 +404,7 @@ pin_project_lite::pin_project! {
         #[pin]
         state: State<S::Future, B, S::Response>,
         service: Option<S>,
-        shared: Arc<Shared>,
+        shared: Arc<Shared<S>>,
         token: Option<AccessToken>,
         resend: Option<Resend<B>>,
         grpc: bool,
@@ -427,7 +433,7 @@ pin_project_lite::pin_project! {
 
 impl<S, B, R> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<B>, Response = Response<R>> + Clone,
     S::Error: Into<BoxError>,
     B: ReplayBody + Send + 'static,
 {
@@ -512,7 +518,16 @@ where
                     }
                 }
                 StateProj::Ready { request } => {
-                    let service = this.service.as_mut().expect("kept for the resend");
+                    let service = match this.service {
+                        Some(service) => service,
+                        None => this.service.insert(S::clone(
+                            &this
+                                .shared
+                                .spare
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner),
+                        )),
+                    };
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let request = request.take().expect("polled after completion");
                     State::Resend {
