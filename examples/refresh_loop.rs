@@ -73,25 +73,16 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if common::help_asked(USAGE) {
-        return ExitCode::SUCCESS;
-    }
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-
     // Keep the setup alive for the whole run: its emulator, if any, stops when dropped.
-    let setup = match common::setup(args.api_url.clone(), DEMO_TTL).await {
-        Ok(setup) => setup,
-        Err(error) => {
-            eprintln!("refresh_loop: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (args, setup) =
+        match common::start("refresh_loop", USAGE, DEMO_TTL, parse_args, |a: &Args| {
+            a.api_url.clone()
+        })
+        .await
+        {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
     let api_url = setup.api_url.clone();
 
     let provider = TokenProvider::new(JwtBearer::new(setup.account.clone()));

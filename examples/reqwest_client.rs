@@ -16,6 +16,9 @@ use std::time::Duration;
 use reqwest_middleware::ClientBuilder;
 use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
 
+/// Lifetime of the emulator's tokens, when it is used.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
 const USAGE: &str = "usage: reqwest_client [--api-url URL]
 
 Lists projects through a reqwest client with AuthMiddleware. Credentials: DT_CREDENTIALS_FILE,
@@ -24,18 +27,19 @@ none set, the built-in emulator.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if common::help_asked(USAGE) {
-        return ExitCode::SUCCESS;
-    }
-    let api_url = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
-        [] => None,
-        [flag, url] if flag == "--api-url" => Some(url.clone()),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let setup = match common::start(
+        "reqwest_client",
+        USAGE,
+        TOKEN_TTL,
+        common::api_url_only,
+        Clone::clone,
+    )
+    .await
+    {
+        Ok((_, setup)) => setup,
+        Err(code) => return code,
     };
-    match run(api_url).await {
+    match run(setup).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reqwest_client: {error}");
@@ -44,8 +48,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(api_url: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
-    let setup = common::setup(api_url, Duration::from_secs(3600)).await?;
+async fn run(setup: common::Setup) -> Result<(), Box<dyn std::error::Error>> {
     let provider = TokenProvider::new(JwtBearer::new(setup.account));
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(provider))

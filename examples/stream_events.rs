@@ -126,23 +126,15 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if common::help_asked(USAGE) {
-        return ExitCode::SUCCESS;
-    }
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
     // Keep the setup alive for the whole run: its emulator, if any, stops when dropped.
-    let setup = match common::setup(args.api_url.clone(), DEMO_TTL).await {
-        Ok(setup) => setup,
-        Err(error) => {
-            eprintln!("stream_events: {error}");
-            return ExitCode::FAILURE;
-        }
+    let parse = || parse_args(std::env::args().skip(1));
+    let (args, setup) = match common::start("stream_events", USAGE, DEMO_TTL, parse, |a: &Args| {
+        a.api_url.clone()
+    })
+    .await
+    {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let project = match (&args.project, &setup.emulator) {
         (Some(project), _) => project.clone(),

@@ -21,6 +21,9 @@ use hyper_util::rt::TokioExecutor;
 use token_refresh::{AuthLayer, JwtBearer, TokenProvider};
 use tower::{ServiceBuilder, ServiceExt};
 
+/// Lifetime of the emulator's tokens, when it is used.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
 const USAGE: &str = "usage: tower_stack [--api-url URL]
 
 Lists projects through hyper-util's client behind AuthLayer. Credentials: DT_CREDENTIALS_FILE,
@@ -29,18 +32,19 @@ none set, the built-in emulator.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if common::help_asked(USAGE) {
-        return ExitCode::SUCCESS;
-    }
-    let api_url = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
-        [] => None,
-        [flag, url] if flag == "--api-url" => Some(url.clone()),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let setup = match common::start(
+        "tower_stack",
+        USAGE,
+        TOKEN_TTL,
+        common::api_url_only,
+        Clone::clone,
+    )
+    .await
+    {
+        Ok((_, setup)) => setup,
+        Err(code) => return code,
     };
-    match run(api_url).await {
+    match run(setup).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tower_stack: {error}");
@@ -49,8 +53,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(api_url: Option<String>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let setup = common::setup(api_url, Duration::from_secs(3600)).await?;
+async fn run(setup: common::Setup) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let service = ServiceBuilder::new()
         .layer(AuthLayer::new(TokenProvider::new(JwtBearer::new(

@@ -67,3 +67,36 @@ pub fn help_asked(usage: &str) -> bool {
     }
     asked
 }
+
+/// The start every example shares: `--help` (usage on stdout, exit 0), then the arguments
+/// (`parse`; an error prints it with the usage, exit 2), then [`setup`] with the `--api-url`
+/// the arguments name (an error prints it, exit 1).
+pub async fn start<A>(
+    name: &str,
+    usage: &str,
+    ttl: Duration,
+    parse: impl FnOnce() -> Result<A, String>,
+    api_url: impl FnOnce(&A) -> Option<String>,
+) -> Result<(A, Setup), std::process::ExitCode> {
+    if help_asked(usage) {
+        return Err(std::process::ExitCode::SUCCESS);
+    }
+    let args = parse().map_err(|message| {
+        eprintln!("{message}\n\n{usage}");
+        std::process::ExitCode::from(2)
+    })?;
+    let setup = setup(api_url(&args), ttl).await.map_err(|error| {
+        eprintln!("{name}: {error}");
+        std::process::ExitCode::FAILURE
+    })?;
+    Ok((args, setup))
+}
+
+/// The arguments of an example that takes only `--api-url URL`.
+pub fn api_url_only() -> Result<Option<String>, String> {
+    match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => Ok(None),
+        [flag, url] if flag == "--api-url" => Ok(Some(url.clone())),
+        other => Err(format!("unexpected arguments {other:?}")),
+    }
+}
