@@ -172,7 +172,8 @@ impl Middleware for AuthMiddleware {
             return next.run(req, extensions).await;
         }
         let min = extensions.get::<MinValidity>().copied();
-        let deadline = req.timeout().map(|t| Instant::now() + *t);
+        // A timeout too long to add to the clock is no deadline at all.
+        let deadline = req.timeout().and_then(|t| Instant::now().checked_add(*t));
         let token = match self.policy.cached_token(min.as_ref()) {
             Some(token) => token,
             None => self

@@ -234,7 +234,9 @@ impl AuthPolicy {
         min: Option<MinValidity>,
         deadline: Option<Instant>,
     ) -> Result<AccessToken> {
-        let own = self.max_token_wait.map(|max| Instant::now() + max);
+        let own = self
+            .max_token_wait
+            .and_then(|max| Instant::now().checked_add(max));
         let deadline = match (deadline, own) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -368,3 +368,15 @@ fn service_is_clone_send_and_its_future_is_send() {
     let layer = AuthLayer::new(static_provider());
     assert_clone_send(&layer);
 }
+
+#[tokio::test]
+async fn an_endless_token_wait_setting_does_not_overflow() {
+    let service = ServiceBuilder::new()
+        .layer(AuthLayer::new(static_provider()).max_token_wait(Duration::MAX))
+        .service(echo_api());
+    let response = service
+        .oneshot(get("https://api.example.com/".into()))
+        .await
+        .unwrap();
+    assert_eq!(response.body(), "Bearer static");
+}
