@@ -18,6 +18,11 @@ use token_refresh::{AccessToken, Error, TokenProvider};
 use tokio::runtime::{Builder, Runtime};
 use tokio::time::Instant;
 
+/// Sleeps this thread until `at` (real time).
+fn sleep_until(at: std::time::Instant) {
+    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+}
+
 fn current_thread() -> Runtime {
     Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -68,14 +73,15 @@ fn a_refresh_stranded_on_an_idle_runtime_is_taken_over() {
 #[test]
 fn a_background_refresh_stranded_on_an_idle_runtime_is_taken_over() {
     let server = MockServer::start();
-    // 3 s tokens: proactive refresh 0.6 s and hard margin 0.3 s before expiry, counted from
-    // when the request was sent.
-    let mock = current_thread().block_on(slow_endpoint(&server, Duration::from_millis(100), 3));
+    // 2 s tokens: the proactive window runs from 0.4 s to 0.2 s before expiry, when the
+    // hard margin begins.
+    let mock = current_thread().block_on(slow_endpoint(&server, Duration::from_millis(100), 2));
     let provider = TokenProvider::new(source(&server));
     let b = current_thread();
     let first = b.block_on(provider.token()).unwrap();
+    let expiry = first.expires_at().into_std();
 
-    std::thread::sleep(Duration::from_millis(2_450)); // into the proactive window
+    sleep_until(expiry - Duration::from_millis(300)); // into the proactive window
     let a = current_thread();
     let still = a.block_on(provider.token()).unwrap();
     assert!(
@@ -84,7 +90,7 @@ fn a_background_refresh_stranded_on_an_idle_runtime_is_taken_over() {
     );
     // The background refresh was spawned on A, whose block_on has returned.
 
-    std::thread::sleep(Duration::from_millis(350)); // past the hard margin
+    sleep_until(expiry - Duration::from_millis(100)); // past the hard margin
     let fresh = b
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), provider.token()).await })
         .expect("no hang")
