@@ -320,7 +320,8 @@ async fn revoke_all_ends_an_open_stream_with_an_error_line_at_once() {
     );
     assert!(before.iter().all(|l| kind(l) == "temperature"), "{lines:?}");
     assert!(before.len() <= 2, "events after the revocation: {lines:?}");
-    assert!(elapsed < Duration::from_millis(500), "took {elapsed:?}");
+    // At once, not at the token's expiry an hour away (a generous bound for a busy machine).
+    assert!(elapsed < Duration::from_millis(1_500), "took {elapsed:?}");
 
     // A fresh token opens a new stream.
     let mut again = open(&emu, &token(&emu).await, "").await;
@@ -411,7 +412,7 @@ async fn close_streams_drops_every_open_stream_s_connection() {
         assert!(matches!(end, Next::Failed), "a failed read: {end:?}");
         assert!(lines.iter().all(|l| kind(l) != "error"), "{lines:?}");
     }
-    assert!(closed_at.elapsed() < Duration::from_millis(500));
+    assert!(closed_at.elapsed() < Duration::from_millis(1_500));
 
     // Streams opened afterwards are not affected, and the token is still good.
     let mut c = open(&emu, &token, "").await;

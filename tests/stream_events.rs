@@ -265,7 +265,7 @@ fn assert_streamed_through(run: &Run) {
         .unwrap_or_else(|| panic!("no event after {REVOKE_AT:?} to revoke at\n{transcript}"));
     let (dropped_at, _) = run.reconnect_after(revoked_at).unwrap();
     assert!(
-        dropped_at - revoked_at < Duration::from_secs(1),
+        dropped_at - revoked_at < Duration::from_secs(2),
         "revoked at {revoked_at:?}, reconnecting at {dropped_at:?}\n{transcript}"
     );
     let resumed_at = events.iter().map(|&(at, _)| at).find(|&at| at > dropped_at);
