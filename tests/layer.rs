@@ -50,14 +50,7 @@ fn get(url: String) -> Request<Full<Bytes>> {
 async fn requests_carry_the_bearer_token() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, &["tok-1"]).await;
-    let api = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-1");
-            then.status(200);
-        })
-        .await;
+    let api = api_route(&server, GET, "/v2/projects", "tok-1", 200).await;
     let mut service = ServiceBuilder::new()
         .layer(AuthLayer::new(provider))
         .service(http_client());
@@ -78,14 +71,7 @@ async fn a_401_is_retried_once_with_the_same_body() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, &["tok-1", "tok-2"]).await;
     let body = json!({"value": 7});
-    let revoked = server
-        .mock_async(|when, then| {
-            when.method(POST)
-                .path("/v2/echo")
-                .header("authorization", "Bearer tok-1");
-            then.status(401);
-        })
-        .await;
+    let revoked = api_route(&server, POST, "/v2/echo", "tok-1", 401).await;
     let accepted = server
         .mock_async(|when, then| {
             when.method(POST)
@@ -146,14 +132,7 @@ async fn two_401s_return_the_second_and_403_is_untouched() {
 async fn a_boxed_body_is_recorded_and_resent_byte_identical() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, &["tok-1", "tok-2"]).await;
-    let rejected = server
-        .mock_async(|when, then| {
-            when.method(POST)
-                .path("/v2/echo")
-                .header("authorization", "Bearer tok-1");
-            then.status(401);
-        })
-        .await;
+    let rejected = api_route(&server, POST, "/v2/echo", "tok-1", 401).await;
     let accepted = server
         .mock_async(|when, then| {
             when.method(POST)
@@ -202,22 +181,8 @@ async fn a_body_over_the_replay_limit_gets_its_401_back() {
 async fn an_empty_boxed_body_is_replayed() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, &["tok-1", "tok-2"]).await;
-    server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-1");
-            then.status(401);
-        })
-        .await;
-    let accepted = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-2");
-            then.status(200);
-        })
-        .await;
+    api_route(&server, GET, "/v2/projects", "tok-1", 401).await;
+    let accepted = api_route(&server, GET, "/v2/projects", "tok-2", 200).await;
     let service = AuthService::new(http_client::<BoxBody<Bytes, Infallible>>(), provider);
     let body = http_body_util::Empty::<Bytes>::new().boxed();
     let request = Request::get(server.url("/v2/projects")).body(body).unwrap();

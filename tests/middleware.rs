@@ -60,14 +60,7 @@ async fn fifty_concurrent_requests_on_a_cold_cache_fetch_one_token() {
             .delay(Duration::from_millis(50));
     })
     .await;
-    let api = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok");
-            then.status(200);
-        })
-        .await;
+    let api = api_route(&server, GET, "/v2/projects", "tok", 200).await;
     let client = client(TokenProvider::new(source(&server)));
     let barrier = Arc::new(Barrier::new(50));
     let url = server.url("/v2/projects");
@@ -149,22 +142,8 @@ async fn a_burst_of_401s_for_one_token_refreshes_once() {
     let (provider, tokens) = issuing(&server, &["tok-1", "tok-2", "tok-3"]).await;
     let client = client(provider.clone());
     provider.token().await.unwrap(); // tok-1 is cached, then revoked at the server
-    server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-1");
-            then.status(401);
-        })
-        .await;
-    let accepted = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-2");
-            then.status(200);
-        })
-        .await;
+    api_route(&server, GET, "/v2/projects", "tok-1", 401).await;
+    let accepted = api_route(&server, GET, "/v2/projects", "tok-2", 200).await;
     let barrier = Arc::new(Barrier::new(100));
     let url = server.url("/v2/projects");
     let tasks: Vec<_> = (0..100)
@@ -311,14 +290,7 @@ async fn a_caller_set_authorization_header_is_left_alone() {
 async fn plain_http_to_a_public_host_is_refused_unless_allowed() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, &["tok-1"]).await;
-    let api = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-1");
-            then.status(200);
-        })
-        .await;
+    let api = api_route(&server, GET, "/v2/projects", "tok-1", 200).await;
     // `api.example.com` resolves to the local mock server, but is not a loopback name.
     let reqwest = || {
         reqwest::Client::builder()

@@ -85,14 +85,7 @@ async fn concurrent_calls_to_an_api_that_rejects_every_token() {
 async fn a_real_revocation_is_recovered_from_at_once() {
     let server = MockServer::start_async().await;
     let (provider, tokens) = issuing(&server, 3).await;
-    let accepts_first = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-1");
-            then.status(200);
-        })
-        .await;
+    let accepts_first = api_route(&server, GET, "/v2/projects", "tok-1", 200).await;
     let client = client(provider);
     for _ in 0..10 {
         assert_eq!(
@@ -107,22 +100,8 @@ async fn a_real_revocation_is_recovered_from_at_once() {
     }
     // tok-1 is revoked: the API now takes only tok-2.
     accepts_first.delete_async().await;
-    let revoked = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-1");
-            then.status(401);
-        })
-        .await;
-    let accepted = server
-        .mock_async(|when, then| {
-            when.method(GET)
-                .path("/v2/projects")
-                .header("authorization", "Bearer tok-2");
-            then.status(200);
-        })
-        .await;
+    let revoked = api_route(&server, GET, "/v2/projects", "tok-1", 401).await;
+    let accepted = api_route(&server, GET, "/v2/projects", "tok-2", 200).await;
     let response = client.get(server.url("/v2/projects")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(revoked.calls_async().await, 1, "one rejected send");

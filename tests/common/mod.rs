@@ -362,3 +362,23 @@ pub fn example(name: &str) -> std::process::Command {
     }
     command
 }
+
+/// An API route of `server` that answers `status` to `method path` requests carrying
+/// `Authorization: Bearer {token}`; its calls count the sends with that token.
+pub async fn api_route<'a>(
+    server: &'a MockServer,
+    method: httpmock::Method,
+    path: &str,
+    token: &str,
+    status: u16,
+) -> httpmock::Mock<'a> {
+    let bearer = format!("Bearer {token}");
+    server
+        .mock_async(|when, then| {
+            when.method(method)
+                .path(path)
+                .header("authorization", bearer);
+            then.status(status);
+        })
+        .await
+}
