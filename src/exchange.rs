@@ -18,7 +18,7 @@ use crate::defaults::{
 };
 use crate::error::{Error, Result, Scrubber};
 use crate::token::{AccessToken, is_b64token};
-use crate::transport::{check_transport, origin_of};
+use crate::transport::{check_transport, origin_of, same_origin};
 
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
@@ -326,7 +326,7 @@ impl<'a> TokenRequest<'a> {
             .send()
             .await
             .map_err(|e| endpoint.transport_error(&e))?;
-        if origin_of(response.url()) != origin_of(&url) {
+        if !same_origin(response.url(), &url) {
             // A client that follows redirects took a 301/302/303 (without the body).
             return Err(Error::Redirect {
                 location: Some(origin_of(response.url())),

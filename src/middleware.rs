@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::policy::{AuthPolicy, MinValidity, Verdict};
 use crate::provider::TokenProvider;
+use crate::transport::same_origin;
 
 /// A `reqwest-middleware` middleware that attaches `Authorization: Bearer <token>` from a
 /// [`TokenProvider`] and resends a request once with a fresh token after a rejection.
@@ -298,13 +299,6 @@ impl Resend {
         *req.version_mut() = self.version;
         req
     }
-}
-
-/// Whether two URLs share scheme, host and port, without allocating as `Url::origin` does.
-fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Shrinks the request's timeout to what is left of it, so the token wait and the send

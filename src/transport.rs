@@ -32,6 +32,13 @@ pub(crate) fn check_transport(
     Ok(())
 }
 
+/// Whether two URLs share scheme, host and port, without allocating as `Url::origin` does.
+pub(crate) fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// The origin of `url` (scheme, host, port; no path), e.g. `https://auth.example.com`.
 pub(crate) fn origin_of(url: &reqwest::Url) -> String {
     url.origin().ascii_serialization()
