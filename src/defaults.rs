@@ -63,12 +63,30 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`Error::WaitTimeout`]: crate::Error::WaitTimeout
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 
-/// Least time between two refreshes forced by rejections (HTTP 401, gRPC `UNAUTHENTICATED`).
-/// A real revocation is recovered from at once; an API that rejects every token (a wrong
+/// Least time between two refreshes forced by rejections (HTTP 401, gRPC `UNAUTHENTICATED`)
+/// of tokens that no request had succeeded with: an API that rejects every token (a wrong
 /// audience, a disabled account) costs one token request per interval instead of one per
 /// call. Five seconds is invisible next to an hour-long token and caps such a storm at a
-/// dozen token requests a minute before the interval starts growing.
+/// dozen token requests a minute before the interval starts growing. Revocations (a token
+/// the API had accepted, then rejects) are refreshed at once instead, within
+/// [`DEFAULT_REVOCATION_BURST`].
 pub const DEFAULT_FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Revocations refreshed at once, back to back: a token the API had accepted and now rejects
+/// was revoked (key rotation, an operator ending sessions, a replicated validator catching
+/// up), and a fresh token cures it, so each such rejection forces a refresh without waiting
+/// for [`DEFAULT_FORCED_REFRESH_INTERVAL`], as long as this allowance lasts. Ten covers a
+/// rotation that revokes tokens several times within seconds; the allowance refills by one
+/// every [`DEFAULT_REVOCATION_REFILL`].
+pub const DEFAULT_REVOCATION_BURST: u32 = 10;
+
+/// The revocation allowance regains one refresh this often: once the burst is spent, at most
+/// two revocation refreshes a second. That still keeps up with an API that revokes its tokens
+/// every 700 ms for as long as it does so, and caps what an API that takes each token exactly
+/// once (accepts it, then rejects it) can cost the identity service. Once a fresh token is
+/// rejected before any request succeeded with it, revocations too wait for the forced-refresh
+/// interval: fresh tokens do not seem to help.
+pub const DEFAULT_REVOCATION_REFILL: Duration = Duration::from_millis(500);
 
 /// Longest interval between forced refreshes. The interval doubles each time a freshly
 /// fetched token is rejected before any request succeeded with it; five minutes bounds how

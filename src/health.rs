@@ -11,17 +11,58 @@
 //!
 //! | name | kind | unit | labels | what |
 //! |---|---|---|---|---|
+//! | `token_refresh_ready` | gauge | 0 or 1 | | 1 while a usable token is cached; 0 from the provider's start until its first token, and after a failed refresh left none |
 //! | `token_refresh_token_requests_total` | counter | requests | `outcome` = `success`, `transient_error`, `permanent_error` | calls of the token source (one per attempt) |
 //! | `token_refresh_refresh_duration_seconds` | histogram | seconds | `outcome` = `success`, `error` | a refresh from its first attempt to its outcome, retries included |
-//! | `token_refresh_forced_refreshes_total` | counter | refreshes | | refreshes forced by a rejection (HTTP 401, gRPC 16) |
+//! | `token_refresh_forced_refreshes_total` | counter | refreshes | `reason` = `revoked`, `rejected` | refreshes forced by a rejection (HTTP 401, gRPC 16) of a token the API had accepted before (`revoked`) or not (`rejected`) |
 //! | `token_refresh_forced_refreshes_suppressed_total` | counter | rejections | | rejections the storm guard answered without a refresh |
 //! | `token_refresh_resends_total` | counter | requests | | requests resent with a fresh token after a rejection |
 //! | `token_refresh_token_expires_at_seconds` | gauge | seconds since the Unix epoch | | when the cached token expires, set at each refresh |
-//! | `token_refresh_token_expiry_seconds` | gauge | seconds | | time until the cached token expires, set at each refresh and each [`health`](crate::TokenProvider::health) snapshot |
+//!
+//! Every metric is described (`# HELP` with its unit in Prometheus) when a provider is
+//! built, so install the recorder before building providers.
+//!
+//! - **Time to expiry** is not a gauge of its own: it would change only when the crate wrote
+//!   it, and be stale in between. Compute it where it is read, from the absolute time, which
+//!   is never stale: `token_refresh_token_expires_at_seconds - time()` in PromQL.
+//! - **`ready`** is written at each refresh and each [`health`](crate::TokenProvider::health)
+//!   snapshot. A provider that nobody calls keeps its last value even once its token has
+//!   expired; alert on the expiry above, not on `ready` alone.
+//! - **The histogram** renders as a summary (quantiles) in `metrics-exporter-prometheus`
+//!   unless buckets are set for it. [`REFRESH_DURATION_BUCKETS`] suits a token request:
+//!
+//! ```
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//! use token_refresh::health::{REFRESH_DURATION_BUCKETS, REFRESH_DURATION_METRIC};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let prometheus = PrometheusBuilder::new()
+//!     .set_buckets_for_metric(
+//!         Matcher::Full(REFRESH_DURATION_METRIC.to_owned()),
+//!         REFRESH_DURATION_BUCKETS,
+//!     )?
+//!     .install_recorder()?;
+//! // Then build the providers, and serve `prometheus.render()` at `/metrics`.
+//! # let _ = prometheus.render();
+//! # Ok(()) }
+//! ```
 
 use std::time::{Duration, SystemTime};
 
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
 use crate::error::Error;
+
+/// The name of the refresh-duration histogram, to set its buckets in an exporter.
+pub const REFRESH_DURATION_METRIC: &str = "token_refresh_refresh_duration_seconds";
+
+/// Histogram buckets (seconds) for [`REFRESH_DURATION_METRIC`]. A healthy token request takes
+/// tens of milliseconds to a second; retries with backoff stretch a refresh to seconds, and
+/// the retry budget ends it within a minute. The buckets resolve the healthy range finely
+/// and still tell a retried refresh (1–10 s) from one that ran into the budget (30–60 s).
+pub const REFRESH_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// A snapshot of a [`TokenProvider`](crate::TokenProvider)'s state, from
 /// [`TokenProvider::health`](crate::TokenProvider::health): cheap enough for every readiness
@@ -39,6 +80,44 @@ use crate::error::Error;
 /// assert!(health.is_ready());
 /// assert_eq!(health.consecutive_failures, 0);
 /// assert!(health.expires_in.unwrap() > Duration::from_secs(3500));
+/// # Ok(()) }
+/// ```
+///
+/// # JSON
+///
+/// `Health` serializes (serde) for a readiness endpoint: durations as seconds
+/// (`expires_in_seconds`, …, fractional), `last_refresh` as Unix seconds
+/// (`last_refresh_unix_seconds`), the last error as its `Display` text (scrubbed of secrets,
+/// like every error of this crate), `null` for what is not there, and `ready` as
+/// [`is_ready`](Health::is_ready) says. A readiness handler:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use token_refresh::{AccessToken, TokenProvider};
+///
+/// /// Answers `GET /ready`: 200 with the health as JSON when a token is at hand, else 503.
+/// fn ready(provider: &TokenProvider) -> http::Response<String> {
+///     let health = provider.health();
+///     let status = if health.is_ready() { 200 } else { 503 };
+///     let body = serde_json::to_string(&health).expect("Health always serializes");
+///     http::Response::builder()
+///         .status(status)
+///         .header("content-type", "application/json")
+///         .body(body)
+///         .expect("a valid response")
+/// }
+///
+/// let provider = TokenProvider::new(|| async { AccessToken::new("t", Duration::from_secs(3600)) });
+/// assert_eq!(ready(&provider).status(), 503);
+/// provider.token().await?;
+/// let response = ready(&provider);
+/// assert_eq!(response.status(), 200);
+/// let json: serde_json::Value = serde_json::from_str(response.body())?;
+/// assert_eq!(json["ready"], true);
+/// assert!(json["expires_in_seconds"].as_f64().unwrap() > 3500.0);
+/// assert!(json["last_refresh_unix_seconds"].as_u64().unwrap() > 1_700_000_000);
+/// assert_eq!(json["last_error"], serde_json::Value::Null);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -77,6 +156,36 @@ impl Health {
     }
 }
 
+impl Serialize for Health {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let mut s = serializer.serialize_struct("Health", 12)?;
+        s.serialize_field("ready", &self.is_ready())?;
+        s.serialize_field("token_cached", &self.token_cached)?;
+        s.serialize_field("expires_in_seconds", &secs(self.expires_in))?;
+        s.serialize_field("usable_for_seconds", &secs(self.usable_for))?;
+        s.serialize_field("refresh_in_seconds", &secs(self.refresh_in))?;
+        s.serialize_field("refreshing", &self.refreshing)?;
+        s.serialize_field("consecutive_failures", &self.consecutive_failures)?;
+        s.serialize_field(
+            "last_error",
+            &self.last_error.as_ref().map(ToString::to_string),
+        )?;
+        s.serialize_field(
+            "last_refresh_unix_seconds",
+            &self.last_refresh.map(|at| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+        )?;
+        s.serialize_field("token_requests", &self.token_requests)?;
+        s.serialize_field("forced_refreshes", &self.forced_refreshes)?;
+        s.serialize_field("cooling_down_for_seconds", &secs(self.cooling_down_for))?;
+        s.end()
+    }
+}
+
 /// Records the crate's metrics; a no-op without the `metrics` feature.
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
@@ -87,6 +196,8 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(name: &str) -> Self {
         let _ = name;
+        #[cfg(feature = "metrics")]
+        describe();
         Self {
             #[cfg(feature = "metrics")]
             provider: metrics::SharedString::from(name.to_owned()),
@@ -122,13 +233,12 @@ impl Metrics {
                 "error"
             };
             metrics::histogram!(
-                "token_refresh_refresh_duration_seconds",
+                REFRESH_DURATION_METRIC,
                 "provider" => self.provider.clone(),
                 "outcome" => outcome
             )
             .record(elapsed.as_secs_f64());
             if let Some(expires_in) = expires_in {
-                self.expiry(expires_in);
                 let at = SystemTime::now() + expires_in;
                 let since_epoch = at
                     .duration_since(SystemTime::UNIX_EPOCH)
@@ -143,26 +253,35 @@ impl Metrics {
         let _ = (elapsed, expires_in);
     }
 
-    /// The cached token expires in `expires_in`.
-    pub(crate) fn expiry(&self, expires_in: Duration) {
+    /// Whether a usable token is cached.
+    pub(crate) fn ready(&self, ready: bool) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("token_refresh_token_expiry_seconds", "provider" => self.provider.clone())
-            .set(expires_in.as_secs_f64());
-        let _ = expires_in;
+        metrics::gauge!("token_refresh_ready", "provider" => self.provider.clone()).set(if ready {
+            1.0
+        } else {
+            0.0
+        });
+        let _ = ready;
     }
 
-    /// A rejection forced a refresh (`true`) or was held by the storm guard (`false`).
-    pub(crate) fn forced_refresh(&self, forced: bool) {
+    /// A rejection forced a refresh, of a token the API had accepted (`Some(true)`, a
+    /// revocation) or not (`Some(false)`), or was held by the storm guard (`None`).
+    pub(crate) fn forced_refresh(&self, revoked: Option<bool>) {
         #[cfg(feature = "metrics")]
-        {
-            let name = if forced {
-                "token_refresh_forced_refreshes_total"
-            } else {
-                "token_refresh_forced_refreshes_suppressed_total"
-            };
-            metrics::counter!(name, "provider" => self.provider.clone()).increment(1);
+        match revoked {
+            Some(revoked) => metrics::counter!(
+                "token_refresh_forced_refreshes_total",
+                "provider" => self.provider.clone(),
+                "reason" => if revoked { "revoked" } else { "rejected" }
+            )
+            .increment(1),
+            None => metrics::counter!(
+                "token_refresh_forced_refreshes_suppressed_total",
+                "provider" => self.provider.clone()
+            )
+            .increment(1),
         }
-        let _ = forced;
+        let _ = revoked;
     }
 
     /// A request is resent with a fresh token.
@@ -171,4 +290,44 @@ impl Metrics {
         metrics::counter!("token_refresh_resends_total", "provider" => self.provider.clone())
             .increment(1);
     }
+}
+
+/// Describes every metric (its `# HELP` text and unit) to the installed recorder.
+#[cfg(feature = "metrics")]
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "token_refresh_ready",
+        "1 while the provider holds a usable access token, else 0"
+    );
+    describe_counter!(
+        "token_refresh_token_requests_total",
+        Unit::Count,
+        "Calls of the token source (one per attempt), by outcome"
+    );
+    describe_histogram!(
+        REFRESH_DURATION_METRIC,
+        Unit::Seconds,
+        "Duration of a token refresh from its first attempt to its outcome, retries included"
+    );
+    describe_counter!(
+        "token_refresh_forced_refreshes_total",
+        Unit::Count,
+        "Refreshes forced by a rejection (HTTP 401, gRPC UNAUTHENTICATED), by reason"
+    );
+    describe_counter!(
+        "token_refresh_forced_refreshes_suppressed_total",
+        Unit::Count,
+        "Rejections the storm guard answered without a refresh"
+    );
+    describe_counter!(
+        "token_refresh_resends_total",
+        Unit::Count,
+        "Requests resent with a fresh token after a rejection"
+    );
+    describe_gauge!(
+        "token_refresh_token_expires_at_seconds",
+        Unit::Seconds,
+        "When the cached access token expires, in seconds since the Unix epoch"
+    );
 }

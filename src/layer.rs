@@ -536,11 +536,10 @@ where
                 }
                 StateProj::Resend { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    if AuthPolicy::verdict(response.status(), response.headers(), *this.grpc)
-                        == Verdict::Accepted
-                        && let Some(token) = this.token.as_ref()
-                    {
-                        token.mark_accepted();
+                    if let Some(token) = this.token.as_ref() {
+                        let verdict =
+                            AuthPolicy::verdict(response.status(), response.headers(), *this.grpc);
+                        this.shared.policy.after_resend(token, verdict);
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -218,11 +218,8 @@ impl Middleware for AuthMiddleware {
                 AuthPolicy::attach(replay.headers_mut(), &fresh);
                 set_remaining(&mut replay, deadline);
                 let mut response = next.run(replay, extensions).await?;
-                if AuthPolicy::verdict(response.status(), response.headers(), grpc)
-                    == Verdict::Accepted
-                {
-                    fresh.mark_accepted();
-                }
+                let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
+                self.policy.after_resend(&fresh, verdict);
                 response.extensions_mut().insert(fresh);
                 Ok(response)
             }

@@ -317,6 +317,20 @@ impl AuthPolicy {
         Ok(Some(fresh))
     }
 
+    /// After the resend with `fresh`: records what its answer says of that token. A rejection
+    /// is reported to the provider like any other, so that a fresh token the API refuses
+    /// before it ever worked tells the storm guard that refreshing does not help; there is
+    /// no second resend whatever it decides.
+    pub(crate) fn after_resend(&self, fresh: &AccessToken, verdict: Verdict) {
+        match verdict {
+            Verdict::Accepted => fresh.mark_accepted(),
+            Verdict::Rejected => {
+                self.provider.reject(fresh);
+            }
+            Verdict::Other => {}
+        }
+    }
+
     /// Sets the `Authorization` header to `token` (the first send's, or the resend's).
     pub(crate) fn attach(headers: &mut HeaderMap, token: &AccessToken) {
         headers.insert(AUTHORIZATION, token.header_value());

@@ -216,7 +216,9 @@ mod metrics_recorded {
             2
         );
         assert_eq!(
-            m.counter(&format!("token_refresh_forced_refreshes_total{{{p}}}")),
+            m.counter(&format!(
+                "token_refresh_forced_refreshes_total{{{p},reason=rejected}}"
+            )),
             1
         );
         assert_eq!(m.counter(&format!("token_refresh_resends_total{{{p}}}")), 1);
@@ -226,10 +228,7 @@ mod metrics_recorded {
             )),
             2
         );
-        let expiry = m
-            .gauge(&format!("token_refresh_token_expiry_seconds{{{p}}}"))
-            .unwrap();
-        assert!((3590.0..=3600.0).contains(&expiry), "{expiry}");
+        assert_eq!(m.gauge(&format!("token_refresh_ready{{{p}}}")), Some(1.0));
         let at = m
             .gauge(&format!("token_refresh_token_expires_at_seconds{{{p}}}"))
             .unwrap();
@@ -252,6 +251,8 @@ mod metrics_recorded {
             1
         );
         assert_eq!(total_calls(&mocks).await, 4);
+        // The failed refresh left no token: not ready.
+        assert_eq!(m.gauge(&format!("token_refresh_ready{{{p}}}")), Some(0.0));
 
         // A rejection inside the storm guard is counted as suppressed.
         let held = TokenProvider::builder(|| async {
@@ -259,12 +260,19 @@ mod metrics_recorded {
         })
         .name("metrics-guard")
         .build();
+        // The `ready` gauge exists before the first token.
+        assert_eq!(
+            m.gauge("token_refresh_ready{provider=metrics-guard}"),
+            Some(0.0)
+        );
         let t = held.token().await.unwrap();
         assert!(held.reject(&t));
         let t = held.token().await.unwrap();
         assert!(!held.reject(&t));
         assert_eq!(
-            m.counter("token_refresh_forced_refreshes_total{provider=metrics-guard}"),
+            m.counter(
+                "token_refresh_forced_refreshes_total{provider=metrics-guard,reason=rejected}"
+            ),
             1
         );
         assert_eq!(
@@ -272,4 +280,47 @@ mod metrics_recorded {
             1
         );
     }
+}
+
+#[tokio::test]
+async fn health_serializes_for_a_readiness_endpoint_without_secrets() {
+    let server = MockServer::start_async().await;
+    let mocks = scripted_token_server(
+        &server,
+        vec![Reply::token("tok-secret-1"), Reply::status(400)],
+    )
+    .await;
+    let provider = TokenProvider::builder(source(&server).jti(true)).build();
+
+    let json = serde_json::to_value(provider.health()).unwrap();
+    assert_eq!(json["ready"], false);
+    assert_eq!(json["token_cached"], false);
+    assert!(json["expires_in_seconds"].is_null() && json["last_refresh_unix_seconds"].is_null());
+
+    let token = provider.token().await.unwrap();
+    let json = serde_json::to_value(provider.health()).unwrap();
+    assert_eq!(json["ready"], true);
+    let expires = json["expires_in_seconds"].as_f64().unwrap();
+    assert!((3590.0..=3600.0).contains(&expires), "{expires}");
+    assert!(json["usable_for_seconds"].as_f64().unwrap() < expires);
+    let refreshed = json["last_refresh_unix_seconds"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now - refreshed < 60, "{refreshed} vs {now}");
+    assert_eq!(json["token_requests"], 1);
+
+    // A failure: the error as its Display text, and no secret anywhere.
+    provider.invalidate(&token);
+    let error = provider.token().await.unwrap_err();
+    let text = serde_json::to_string(&provider.health()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["last_error"], error.to_string());
+    assert_eq!(json["consecutive_failures"], 1);
+    assert!(json["cooling_down_for_seconds"].as_f64().unwrap() > 0.0);
+    for secret in ["tok-secret-1", SECRET] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert_eq!(total_calls(&mocks).await, 2);
 }

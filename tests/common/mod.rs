@@ -34,6 +34,13 @@ pub fn token_json(token: &str, expires_in: u64) -> Value {
     json!({"access_token": token, "token_type": "bearer", "expires_in": expires_in})
 }
 
+/// Lets spawned tasks run without moving the paused clock.
+pub async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Waits (real time) until `f` holds, failing the test after 10 s.
 pub async fn eventually(mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -1,0 +1,187 @@
+//! The provider's settings and the builder that sets them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::defaults::*;
+use crate::health::Metrics;
+use crate::source::TokenSource;
+
+use super::{Inner, TokenProvider};
+
+/// What a provider was built with: margins, retry policy, waits and the storm guard.
+#[derive(Clone, Debug)]
+pub(super) struct Config {
+    pub(super) name: String,
+    pub(super) hard_margin: Duration,
+    pub(super) proactive_margin: Duration,
+    pub(super) max_attempts: u32,
+    pub(super) backoff_base: Duration,
+    pub(super) backoff_max: Duration,
+    pub(super) max_retry_after: Duration,
+    pub(super) retry_budget: Duration,
+    pub(super) cooldown: Duration,
+    pub(super) fetch_timeout: Duration,
+    pub(super) max_wait: Duration,
+    pub(super) forced_interval: Duration,
+    pub(super) forced_interval_max: Duration,
+    pub(super) revocation_burst: u32,
+    pub(super) revocation_refill: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "default".to_owned(),
+            hard_margin: DEFAULT_HARD_MARGIN,
+            proactive_margin: DEFAULT_PROACTIVE_MARGIN,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+            cooldown: DEFAULT_COOLDOWN,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            max_wait: DEFAULT_MAX_WAIT,
+            forced_interval: DEFAULT_FORCED_REFRESH_INTERVAL,
+            forced_interval_max: MAX_FORCED_REFRESH_INTERVAL,
+            revocation_burst: DEFAULT_REVOCATION_BURST,
+            revocation_refill: DEFAULT_REVOCATION_REFILL,
+        }
+    }
+}
+
+/// Adjusts a [`TokenProvider`]'s margins and retry policy; from [`TokenProvider::builder`].
+pub struct TokenProviderBuilder {
+    source: Box<dyn TokenSource>,
+    config: Config,
+}
+
+impl TokenProviderBuilder {
+    pub(super) fn new(source: Box<dyn TokenSource>) -> Self {
+        Self {
+            source,
+            config: Config::default(),
+        }
+    }
+
+    /// A token is not handed out this close to its expiry; callers wait for a new one.
+    /// Scaled down to a tenth of the lifetime for short tokens. Default:
+    /// [`DEFAULT_HARD_MARGIN`] (60 s).
+    pub fn hard_margin(mut self, margin: Duration) -> Self {
+        self.config.hard_margin = margin;
+        self
+    }
+
+    /// This close to expiry, the next caller starts a background refresh and keeps the
+    /// current token. Scaled down to a fifth of the lifetime for short tokens; never below
+    /// the hard margin. [`Duration::ZERO`] turns proactive refresh off (refresh only when
+    /// the hard margin is reached, with callers waiting). Default:
+    /// [`DEFAULT_PROACTIVE_MARGIN`] (5 min).
+    pub fn proactive_margin(mut self, margin: Duration) -> Self {
+        self.config.proactive_margin = margin;
+        self
+    }
+
+    /// Attempts per refresh, the first included (at least 1). Default:
+    /// [`DEFAULT_MAX_ATTEMPTS`] (4).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// First and longest backoff delay between attempts. Defaults:
+    /// [`DEFAULT_BACKOFF_BASE`] (250 ms) and [`DEFAULT_BACKOFF_MAX`] (8 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.config.backoff_base = base;
+        self.config.backoff_max = max.max(base);
+        self
+    }
+
+    /// Longest `Retry-After` waited out within a refresh; a longer one ends the refresh and
+    /// sets the cool-down. Default: [`DEFAULT_MAX_RETRY_AFTER`] (30 s).
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
+        self
+    }
+
+    /// No retry starts later than this after a refresh's first attempt. Default:
+    /// [`DEFAULT_RETRY_BUDGET`] (60 s).
+    pub fn retry_budget(mut self, budget: Duration) -> Self {
+        self.config.retry_budget = budget;
+        self
+    }
+
+    /// After a failed refresh, callers without a valid token get its error at once for this
+    /// long (or for the server's `Retry-After`, up to five minutes, if longer). Default:
+    /// [`DEFAULT_COOLDOWN`] (5 s).
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.cooldown = cooldown;
+        self
+    }
+
+    /// Timeout around one call of the token source. Default: [`DEFAULT_FETCH_TIMEOUT`]
+    /// (30 s).
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.config.fetch_timeout = timeout;
+        self
+    }
+
+    /// Longest time a caller waits for a token; past it the caller gets
+    /// [`Error::WaitTimeout`](crate::Error::WaitTimeout) and the refresh goes on for later
+    /// callers. A request's own timeout (reqwest's `RequestBuilder::timeout`) shortens it for
+    /// that request. Default: [`DEFAULT_MAX_WAIT`] (30 s).
+    pub fn max_wait(mut self, max: Duration) -> Self {
+        self.config.max_wait = max;
+        self
+    }
+
+    /// The storm guard of [`TokenProvider::reject`] for tokens rejected before any request
+    /// succeeded with them: the least time between two such forced refreshes, and the
+    /// longest it grows to while fresh tokens keep being rejected. Defaults:
+    /// [`DEFAULT_FORCED_REFRESH_INTERVAL`] (5 s) and [`MAX_FORCED_REFRESH_INTERVAL`] (5 min).
+    pub fn forced_refresh_interval(mut self, min: Duration, max: Duration) -> Self {
+        self.config.forced_interval = min;
+        self.config.forced_interval_max = max.max(min);
+        self
+    }
+
+    /// The storm guard's allowance for revocations (tokens the API had accepted, then
+    /// rejects): `burst` of them are refreshed at once, back to back, and the allowance
+    /// regains one every `refill`. A `burst` of 0 treats revocations like any rejection
+    /// (one forced refresh per [`forced_refresh_interval`](Self::forced_refresh_interval)).
+    /// Defaults: [`DEFAULT_REVOCATION_BURST`] (10) and [`DEFAULT_REVOCATION_REFILL`]
+    /// (500 ms).
+    pub fn revocation_allowance(mut self, burst: u32, refill: Duration) -> Self {
+        self.config.revocation_burst = burst;
+        self.config.revocation_refill = refill;
+        self
+    }
+
+    /// Names the provider in its `tracing` spans and (feature `metrics`) as the `provider`
+    /// label of its metrics, to tell several providers apart. Default: `default`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// The provider. Does no I/O.
+    pub fn build(self) -> TokenProvider {
+        TokenProvider {
+            inner: Arc::new(Inner::new(
+                self.source,
+                Metrics::new(&self.config.name),
+                self.config,
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for TokenProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenProviderBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
