@@ -119,3 +119,15 @@ pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
 /// linkerd2-proxy's retries hold, while a large upload or a long stream is sent without
 /// being kept in memory (and its rejection is returned as it is).
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Timeout of one token-store call (read, write, lease). A store answers in a millisecond on
+/// a healthy network; past a second it is down or overloaded, and the provider is better off
+/// asking the token endpoint itself than waiting on it.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a fleet's refresh lease lasts if its holder never releases it (killed mid-
+/// refresh). Longer than [`DEFAULT_FETCH_TIMEOUT`], so a live holder's token request ends
+/// before its lease lapses; short enough that a fleet whose holder died gets a token within
+/// this and one fetch. A holder that retries for longer may see a second process take over:
+/// one extra token request, never a storm.
+pub const DEFAULT_STORE_LEASE_TTL: Duration = Duration::from_secs(40);

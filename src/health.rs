@@ -146,6 +146,10 @@ pub struct Health {
     /// Time left of a cool-down after a failed refresh, during which callers without a
     /// usable token get `last_error` at once.
     pub cooling_down_for: Option<Duration>,
+    /// With a [token store](crate::store): whether its last call worked (`false` while it is
+    /// down, slow or failing, when the provider fetches tokens without it). `None` without
+    /// a store.
+    pub store_ok: Option<bool>,
 }
 
 impl Health {
@@ -159,7 +163,7 @@ impl Health {
 impl Serialize for Health {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let mut s = serializer.serialize_struct("Health", 12)?;
+        let mut s = serializer.serialize_struct("Health", 13)?;
         s.serialize_field("ready", &self.is_ready())?;
         s.serialize_field("token_cached", &self.token_cached)?;
         s.serialize_field("expires_in_seconds", &secs(self.expires_in))?;
@@ -182,6 +186,7 @@ impl Serialize for Health {
         s.serialize_field("token_requests", &self.token_requests)?;
         s.serialize_field("forced_refreshes", &self.forced_refreshes)?;
         s.serialize_field("cooling_down_for_seconds", &secs(self.cooling_down_for))?;
+        s.serialize_field("store_ok", &self.store_ok)?;
         s.end()
     }
 }

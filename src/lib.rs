@@ -182,6 +182,7 @@ mod provider;
 #[cfg(feature = "tower")]
 mod replay;
 mod source;
+pub mod store;
 mod token;
 mod transport;
 

@@ -29,6 +29,15 @@ use crate::token::AccessToken;
 pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a new token, ignoring any cached one.
     async fn fetch_token(&self) -> Result<AccessToken>;
+
+    /// The key under which a [token store](crate::store) keeps this source's tokens: stable
+    /// across processes and restarts, different for anything that changes the token (token
+    /// URL, client, scope, audience, the secret), and never containing a secret. The
+    /// built-in grants derive one; the default, `None`, makes a provider with a store ask
+    /// for [`store_key`](crate::TokenProviderBuilder::store_key).
+    fn store_key(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait::async_trait]

@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
 use crate::source::TokenSource;
+use crate::store::KeyBuilder;
 use crate::token::AccessToken;
 
 /// What [`Error::InsecureTransport`] says would be sent, and how to allow it.
@@ -168,6 +169,20 @@ impl ClientCredentials {
 
 #[async_trait::async_trait]
 impl TokenSource for ClientCredentials {
+    /// `client-credentials-{hash}`: a hash of the token URL, the client id, the scopes and
+    /// extra parameters (audience included), and the secret, so rotating the secret changes
+    /// the key.
+    fn store_key(&self) -> Option<String> {
+        let mut key = KeyBuilder::new("client-credentials")
+            .part(self.endpoint.url())
+            .part(&self.client_id)
+            .part(self.scopes.join(" "));
+        for (name, value) in &self.params {
+            key = key.part(name).part(value);
+        }
+        Some(key.part(self.client_secret.expose_secret()).finish())
+    }
+
     async fn fetch_token(&self) -> Result<AccessToken> {
         let secret = self.client_secret.expose_secret();
         if self.client_id.trim().is_empty() {

@@ -14,6 +14,7 @@ use crate::dt;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
 use crate::source::TokenSource;
+use crate::store::KeyBuilder;
 use crate::token::AccessToken;
 
 /// Lifetime of the signed assertion (`exp - iat`). DT accepts at most one hour, and the
@@ -319,6 +320,28 @@ fn read_assertion(path: &std::path::Path) -> Result<SecretString> {
 
 #[async_trait::async_trait]
 impl TokenSource for JwtBearer {
+    /// `jwt-bearer-{hash}`: a hash of the token URL, the audience, the scopes, and the
+    /// account's key id, email, subject and secret (or the assertion file's path), so
+    /// rotating the secret changes the key.
+    fn store_key(&self) -> Option<String> {
+        let key = KeyBuilder::new("jwt-bearer")
+            .part(self.endpoint.url())
+            .optional(self.audience.as_deref())
+            .part(self.scopes.join(" "));
+        let key = match &self.assertion {
+            Assertion::Signed {
+                account, subject, ..
+            } => key
+                .part("signed")
+                .part(account.key_id())
+                .part(account.email())
+                .optional(subject.as_deref())
+                .part(account.expose_secret()),
+            Assertion::File(path) => key.part("file").part(path.as_os_str().as_encoded_bytes()),
+        };
+        Some(key.finish())
+    }
+
     async fn fetch_token(&self) -> Result<AccessToken> {
         let assertion = self.assertion()?;
         let scope = self.scopes.join(" ");

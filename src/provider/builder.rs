@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::defaults::*;
+use crate::error::{Error, Result};
 use crate::health::Metrics;
 use crate::source::TokenSource;
+use crate::store::{Sealer, TokenStore};
 
+use super::fleet::Fleet;
 use super::{Inner, TokenProvider};
 
 /// What a provider was built with: margins, retry policy, waits and the storm guard.
@@ -56,6 +59,10 @@ impl Default for Config {
 pub struct TokenProviderBuilder {
     source: Box<dyn TokenSource>,
     config: Config,
+    store: Option<Box<dyn TokenStore>>,
+    store_key: Option<String>,
+    store_lease_ttl: Duration,
+    store_timeout: Duration,
 }
 
 impl TokenProviderBuilder {
@@ -63,6 +70,10 @@ impl TokenProviderBuilder {
         Self {
             source,
             config: Config::default(),
+            store: None,
+            store_key: None,
+            store_lease_ttl: DEFAULT_STORE_LEASE_TTL,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 
@@ -166,13 +177,91 @@ impl TokenProviderBuilder {
         self
     }
 
-    /// The provider. Does no I/O.
-    pub fn build(self) -> TokenProvider {
+    /// Shares tokens with other processes through `store` (see the [`store`](crate::store)
+    /// module): a refresh looks there first, and one process of the fleet asks the token
+    /// endpoint while the others wait for what it stores. The store must seal its entries or
+    /// explicitly allow plaintext, and the source must have a store key (the built-in grants
+    /// derive one; otherwise see [`store_key`](Self::store_key)), or
+    /// [`try_build`](Self::try_build) fails. Default: no store.
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Box::new(store));
+        self
+    }
+
+    /// Names the store entry of a source that derives no key of its own (a closure, a
+    /// custom [`TokenSource`]), or overrides the derived one. Give every distinct token
+    /// (another audience, scope or account) its own name: processes that share a name share
+    /// the token. Default: the source's [`store_key`](TokenSource::store_key).
+    pub fn store_key(mut self, name: impl Into<String>) -> Self {
+        self.store_key = Some(name.into());
+        self
+    }
+
+    /// How long a fleet's refresh lease lasts if its holder never releases it, and the
+    /// timeout of each store call. Defaults: [`DEFAULT_STORE_LEASE_TTL`] (40 s) and
+    /// [`DEFAULT_STORE_TIMEOUT`] (1 s).
+    pub fn store_timeouts(mut self, lease_ttl: Duration, call_timeout: Duration) -> Self {
+        self.store_lease_ttl = lease_ttl;
+        self.store_timeout = call_timeout;
+        self
+    }
+
+    /// The provider, or [`Error::Config`] for a store it cannot use (no key for the
+    /// source's tokens, or neither an encryption key nor plaintext allowed). Does no I/O.
+    pub fn try_build(mut self) -> Result<TokenProvider> {
+        let fleet = self.fleet()?;
+        Ok(self.finish(Ok(fleet)))
+    }
+
+    /// The provider. Does no I/O. A store it cannot use (see [`try_build`](Self::try_build))
+    /// is logged as an error and makes every call fail with it: prefer `try_build` with a
+    /// store.
+    pub fn build(mut self) -> TokenProvider {
+        let fleet = self.fleet().inspect_err(|error| {
+            tracing::error!(%error, "the token provider cannot use its token store");
+        });
+        self.finish(fleet)
+    }
+
+    fn fleet(&mut self) -> Result<Option<Fleet>> {
+        let Some(store) = self.store.take() else {
+            return Ok(None);
+        };
+        let key = match (&self.store_key, self.source.store_key()) {
+            (Some(name), _) => crate::store::named_key(name),
+            (None, Some(key)) => key,
+            (None, None) => {
+                return Err(Error::Config(
+                    "a token store needs a key for this token source, which derives none: \
+                     name it with TokenProviderBuilder::store_key"
+                        .to_owned(),
+                ));
+            }
+        };
+        let sealer = Sealer::new(&store.sealing()).ok_or_else(|| {
+            Error::Config(format!(
+                "the token store {store:?} would hold bearer tokens in the clear: give it an \
+                 encryption key (.encryption_key), or allow that with .allow_plaintext(true)"
+            ))
+        })?;
+        Ok(Some(Fleet {
+            store,
+            sealer,
+            key,
+            lease_ttl: self.store_lease_ttl,
+            timeout: self.store_timeout,
+            healthy: true.into(),
+            entries: Default::default(),
+        }))
+    }
+
+    fn finish(self, fleet: Result<Option<Fleet>>) -> TokenProvider {
         TokenProvider {
             inner: Arc::new(Inner::new(
                 self.source,
                 Metrics::new(&self.config.name),
                 self.config,
+                fleet,
             )),
         }
     }
@@ -182,6 +271,7 @@ impl fmt::Debug for TokenProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenProviderBuilder")
             .field("config", &self.config)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }

@@ -65,6 +65,9 @@ enum Waited {
 
 impl Inner {
     pub(super) async fn token_slow(self: &Arc<Self>, want: Want) -> Result<AccessToken> {
+        if let Some(error) = &self.misconfigured {
+            return Err(error.clone());
+        }
         let here = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.ensure_time(&here)?;
         let started = Instant::now();
@@ -265,7 +268,7 @@ impl Inner {
             runtime.spawn(
                 async move {
                     let mut guard = guard;
-                    let result = guard.inner.fetch_with_retries(&guard.flight).await;
+                    let result = guard.inner.fetch(&guard.flight).await;
                     guard.finish(result);
                 }
                 .instrument(span),

@@ -8,6 +8,7 @@
 
 mod builder;
 mod cache;
+mod fleet;
 mod flight;
 mod retry;
 mod storm;
@@ -27,6 +28,7 @@ use crate::token::AccessToken;
 use builder::Config;
 pub use builder::TokenProviderBuilder;
 use cache::Cached;
+use fleet::Fleet;
 use flight::Flight;
 use retry::Failure;
 use storm::StormGuard;
@@ -96,6 +98,11 @@ struct Inner {
     token_requests: AtomicU64,
     /// Refreshes forced by rejections, for [`Health`].
     forced_refreshes: AtomicU64,
+    /// The token store shared with other processes, if any.
+    fleet: Option<Fleet>,
+    /// Why the provider cannot work (a store it was built with is refused): every caller
+    /// gets this.
+    misconfigured: Option<Error>,
 }
 
 /// What changes only under the state lock.
@@ -212,6 +219,10 @@ impl TokenProvider {
                 .as_ref()
                 .map(|f| until(f.retry_at))
                 .filter(|d| !d.is_zero()),
+            store_ok: inner
+                .fleet
+                .as_ref()
+                .map(|f| f.healthy.load(Ordering::Relaxed)),
         }
     }
 
@@ -231,7 +242,16 @@ impl TokenProvider {
 }
 
 impl Inner {
-    fn new(source: Box<dyn TokenSource>, metrics: Metrics, config: Config) -> Self {
+    fn new(
+        source: Box<dyn TokenSource>,
+        metrics: Metrics,
+        config: Config,
+        fleet: std::result::Result<Option<Fleet>, Error>,
+    ) -> Self {
+        let (fleet, misconfigured) = match fleet {
+            Ok(fleet) => (fleet, None),
+            Err(error) => (None, Some(error)),
+        };
         // The `ready` gauge exists from the start, so a dashboard sees a provider that never
         // got a token.
         metrics.ready(false);
@@ -244,6 +264,8 @@ impl Inner {
             state: Mutex::new(State::default()),
             token_requests: AtomicU64::new(0),
             forced_refreshes: AtomicU64::new(0),
+            fleet,
+            misconfigured,
         }
     }
 

@@ -187,23 +187,26 @@ impl TokenProvider {
             token.issued_at_instant(),
             token.was_accepted(),
         );
-        let revoked = match decision {
+        let accepted = token.was_accepted();
+        match decision {
             Decision::Held(retry_in) => {
                 tracing::debug!(
                     retry_in_ms = retry_in.as_millis() as u64,
-                    accepted_before = token.was_accepted(),
+                    accepted_before = accepted,
                     "rejected access token kept: a refresh was forced moments ago"
                 );
                 inner.metrics.forced_refresh(None);
                 return false;
             }
-            Decision::Revoked => true,
-            Decision::Forced => false,
-        };
+            Decision::Revoked | Decision::Forced => {}
+        }
         inner.drop_cached(token);
-        inner.metrics.forced_refresh(Some(revoked));
+        if let Some(fleet) = &inner.fleet {
+            fleet.rejected(token);
+        }
+        inner.metrics.forced_refresh(Some(accepted));
         inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
-        if revoked {
+        if decision == Decision::Revoked {
             tracing::info!("access token revoked by the server: refreshing it");
         } else {
             tracing::info!(
