@@ -19,8 +19,18 @@
 //!   garbage, an unknown format) or that have expired by this process's clock are never
 //!   handed out.
 //!
-//! [`FileStore`] (a directory, for processes on one host) is always available. To put the
-//! store on something else, implement [`TokenStore`].
+//! [`FileStore`] (a directory, for processes on one host) is always available, `RedisStore`
+//! (a fleet on many hosts) with the feature `redis`. To put the store on something else,
+//! implement [`TokenStore`].
+//!
+//! # Clock skew
+//!
+//! An entry records when its token was issued by the wall clock of the process that fetched
+//! it; a reader places the expiry by its own clock and never lets a token live longer than
+//! its lifetime from now. A reader whose clock runs behind the writer's sees the token
+//! expire later than it does: skew up to the hard margin (60 s by default, less the
+//! request's time in flight) is tolerated; keep the fleet's clocks synchronised (NTP) well
+//! inside that.
 //!
 //! # Example
 //!
@@ -45,6 +55,8 @@
 mod entry;
 mod file;
 mod key;
+#[cfg(feature = "redis")]
+mod redis;
 mod seal;
 
 use std::fmt;
@@ -53,6 +65,8 @@ use std::time::Duration;
 pub(crate) use entry::{decode, encode};
 pub use file::FileStore;
 pub(crate) use key::{KeyBuilder, named as named_key};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 pub(crate) use seal::Sealer;
 
 /// What a store call fails with: any error of the backend. The provider logs it (once per

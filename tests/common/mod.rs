@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,213 @@
+//! A fleet of worker processes sharing one token through Redis: the built-in emulator issues
+//! the tokens, `--workers N` separate processes of this example each start `--callers`
+//! concurrent callers at the same instant on a cold fleet, and the emulator's count of token
+//! requests is printed at the end (one per token lifetime, however many workers).
+//!
+//! ```text
+//! redis-server --port 6379 --save '' &
+//! cargo run --example fleet --features redis -- --workers 8 --redis redis://127.0.0.1:6379/
+//! ```
+//!
+//! Entries are sealed with a key this run makes up and hands to its workers in
+//! `TOKEN_REFRESH_STORE_KEY`. `--worker` runs one worker against a given `--token-url`
+//! (the account in the `DT_SERVICE_ACCOUNT_*` variables); the tests use it alone.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use token_refresh::emulator::Emulator;
+use token_refresh::store::RedisStore;
+use token_refresh::{JwtBearer, ServiceAccount, TokenProvider};
+
+const USAGE: &str = "usage: fleet --redis URL [--workers N] [--callers C] [--seconds S] [--ttl S]
+       fleet --worker --redis URL --token-url URL [--callers C] [--seconds S]
+             [--start-at-ms T] [--prefix P] [--lease-ttl-ms L]
+
+Starts the emulator and N worker processes (default 8) that share tokens through Redis; each
+worker starts C concurrent callers (default 100), then calls for S seconds more (default 0).
+Prints `token requests: N`, as the emulator counted them. --ttl sets the emulator's token
+lifetime (default 3600 s).";
+
+const KEY_VAR: &str = "TOKEN_REFRESH_STORE_KEY";
+
+#[derive(Clone, Debug)]
+struct Args {
+    worker: bool,
+    redis: String,
+    workers: usize,
+    callers: usize,
+    seconds: f64,
+    ttl: u64,
+    token_url: Option<String>,
+    start_at_ms: Option<u64>,
+    prefix: Option<String>,
+    lease_ttl_ms: Option<u64>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        worker: false,
+        redis: String::new(),
+        workers: 8,
+        callers: 100,
+        seconds: 0.0,
+        ttl: 3600,
+        token_url: None,
+        start_at_ms: None,
+        prefix: None,
+        lease_ttl_ms: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--worker" {
+            args.worker = true;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number"))
+        };
+        match flag.as_str() {
+            "--redis" => args.redis = value.clone(),
+            "--workers" => args.workers = number()? as usize,
+            "--callers" => args.callers = number()?.max(1) as usize,
+            "--seconds" => {
+                args.seconds = value.parse().map_err(|_| format!("{flag}: not a number"))?
+            }
+            "--ttl" => args.ttl = number()?,
+            "--token-url" => args.token_url = Some(value.clone()),
+            "--start-at-ms" => args.start_at_ms = Some(number()?),
+            "--prefix" => args.prefix = Some(value.clone()),
+            "--lease-ttl-ms" => args.lease_ttl_ms = Some(number()?),
+            other => return Err(format!("unexpected argument {other}")),
+        }
+    }
+    if args.redis.is_empty() {
+        return Err("--redis URL is required".into());
+    }
+    Ok(args)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+async fn worker(args: Args) -> Result<(), String> {
+    let token_url = args.token_url.clone().ok_or("--worker needs --token-url")?;
+    let account = ServiceAccount::from_env().map_err(|e| e.to_string())?;
+    let mut store = RedisStore::new(&args.redis)
+        .and_then(|s| s.encryption_key_from_env(KEY_VAR))
+        .map_err(|e| e.to_string())?;
+    if let Some(prefix) = &args.prefix {
+        store = store.key_prefix(prefix.clone());
+    }
+    let mut builder =
+        TokenProvider::builder(JwtBearer::new(account).token_url(token_url)).store(store);
+    if let Some(ms) = args.lease_ttl_ms {
+        builder = builder.store_timeouts(
+            Duration::from_millis(ms),
+            token_refresh::defaults::DEFAULT_STORE_TIMEOUT,
+        );
+    }
+    let provider = builder.try_build().map_err(|e| e.to_string())?;
+    if let Some(at) = args.start_at_ms {
+        tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await;
+    }
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..args.callers {
+        let provider = provider.clone();
+        callers.spawn(async move { provider.token().await.map(|t| t.expose_secret().len()) });
+    }
+    while let Some(result) = callers.join_next().await {
+        result
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs_f64(args.seconds);
+    while tokio::time::Instant::now() < end {
+        provider.token().await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("worker {}: ok", std::process::id());
+    Ok(())
+}
+
+async fn fleet(args: Args) -> Result<(), String> {
+    let emulator = Emulator::builder()
+        .token_ttl(Duration::from_secs(args.ttl))
+        .start()
+        .await
+        .map_err(|e| format!("cannot start the emulator: {e}"))?;
+    let account = emulator.account();
+    let key: String = (0..32)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect();
+    let prefix = format!("token-refresh-fleet-{}:", std::process::id());
+    // Every worker starts its callers at this instant: a cold fleet, all at once.
+    let start_at = unix_ms() + 1_500;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    for _ in 0..args.workers {
+        let child = Command::new(&exe)
+            .args([
+                "--worker",
+                "--redis",
+                &args.redis,
+                "--token-url",
+                &emulator.token_url(),
+            ])
+            .args(["--callers", &args.callers.to_string()])
+            .args(["--seconds", &args.seconds.to_string()])
+            .args(["--start-at-ms", &start_at.to_string(), "--prefix", &prefix])
+            .env("DT_SERVICE_ACCOUNT_KEY_ID", account.key_id())
+            .env("DT_SERVICE_ACCOUNT_EMAIL", account.email())
+            .env("DT_SERVICE_ACCOUNT_SECRET", account.expose_secret())
+            .env(KEY_VAR, &key)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        children.push(child);
+    }
+    let mut failed = 0;
+    for mut child in children {
+        // The workers run on their own; wait for them off the emulator's runtime.
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            failed += 1;
+        }
+    }
+    println!("workers: {}, failed: {failed}", args.workers);
+    println!("token requests: {}", emulator.stats().token_successes);
+    if failed > 0 {
+        return Err(format!("{failed} workers failed"));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let result = match parse() {
+        Ok(args) if args.worker => worker(args).await,
+        Ok(args) => fleet(args).await,
+        Err(message) => Err(format!("{message}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("fleet: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

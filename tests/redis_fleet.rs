@@ -1,0 +1,253 @@
+//! `RedisStore` against a real `redis-server`: separate worker processes (the `fleet`
+//! example) share one token, one refresh per token lifetime fleet-wide; a Redis that stops
+//! mid-run fails no call; a lease holder killed mid-refresh is replaced within its lease;
+//! garbage in Redis is never handed out.
+#![cfg(all(feature = "redis", feature = "emulator"))]
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::*;
+use token_refresh::store::RedisStore;
+use token_refresh::{AccessToken, JwtBearer, TokenProvider, TokenSource};
+
+/// Runs the `fleet` example and returns the token requests it printed.
+fn run_fleet(redis: &RedisServer, args: &[&str]) -> u64 {
+    let output = example("fleet")
+        .args(["--redis", &redis.url])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "fleet failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token requests: "))
+        .unwrap_or_else(|| panic!("no count in {stdout}"));
+    count.trim().parse().unwrap()
+}
+
+#[test]
+fn eight_processes_times_a_hundred_callers_on_a_cold_fleet_make_one_token_request() {
+    let redis = RedisServer::start();
+    let requests = run_fleet(&redis, &["--workers", "8", "--callers", "100"]);
+    println!("8 processes x 100 callers, cold fleet: {requests} token requests");
+    assert_eq!(requests, 1);
+}
+
+#[test]
+fn across_two_token_lifetimes_the_fleet_makes_one_request_per_lifetime() {
+    let redis = RedisServer::start();
+    // 4 s tokens are refreshed at 3.2 s (the proactive margin, a fifth of the lifetime):
+    // six seconds of calls span two tokens.
+    let requests = run_fleet(
+        &redis,
+        &[
+            "--workers",
+            "4",
+            "--callers",
+            "10",
+            "--ttl",
+            "4",
+            "--seconds",
+            "5",
+        ],
+    );
+    println!("4 processes over two 4 s token lifetimes: {requests} token requests");
+    assert_eq!(requests, 2);
+}
+
+fn sealed_store(redis: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::new(&redis.url)
+        .unwrap()
+        .key_prefix(prefix)
+        .encryption_key([9; 32])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_and_restarted_fails_no_call() {
+    let mut redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let providers: Vec<TokenProvider> = (0..4)
+        .map(|_| {
+            let counter = calls.clone();
+            TokenProvider::builder(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { AccessToken::new(format!("t{n}"), Duration::from_secs(3600)) }
+            })
+            .store(sealed_store(&redis, "outage:"))
+            .store_key("outage")
+            .store_timeouts(Duration::from_secs(2), Duration::from_millis(200))
+            .try_build()
+            .unwrap()
+        })
+        .collect();
+    let (mut ok, mut failed, mut saw_outage) = (0, 0, false);
+    let started = Instant::now();
+    let mut stopped = false;
+    let mut restarted = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        if !stopped && started.elapsed() > Duration::from_secs(1) {
+            redis.stop();
+            stopped = true;
+        }
+        if stopped && !restarted && started.elapsed() > Duration::from_secs(2) {
+            redis.restart();
+            restarted = true;
+        }
+        for provider in &providers {
+            match provider.token().await {
+                Ok(token) => {
+                    ok += 1;
+                    // Force the next call to refresh, through the store.
+                    provider.invalidate(&token);
+                }
+                Err(error) => {
+                    failed += 1;
+                    eprintln!("{error}");
+                }
+            }
+            saw_outage |= provider.health().store_ok == Some(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("Redis stopped for 1 s mid-run: {ok} calls succeeded, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 50, "{ok}");
+    assert!(saw_outage, "health showed the outage");
+    // After the restart the store is used again.
+    for provider in &providers {
+        let token = provider.token().await.unwrap();
+        provider.invalidate(&token);
+        provider.token().await.unwrap();
+    }
+    assert!(providers.iter().all(|p| p.health().store_ok == Some(true)));
+}
+
+#[test]
+fn a_lease_holder_killed_mid_refresh_is_replaced_within_its_lease() {
+    let redis = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // A token endpoint that takes 1.5 s to answer.
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let endpoint = runtime.block_on(serve(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1_500));
+        json_response(200, &token_json("tok-fleet", 3600), &[])
+    }));
+    let worker = || {
+        let mut command = example("fleet");
+        command
+            .args(["--worker", "--redis", &redis.url, "--callers", "1"])
+            .args(["--token-url", &endpoint.url("/oauth2/token")])
+            .args(["--prefix", "killed:", "--lease-ttl-ms", "2000"])
+            .env("DT_SERVICE_ACCOUNT_KEY_ID", KEY_ID)
+            .env("DT_SERVICE_ACCOUNT_EMAIL", EMAIL)
+            .env("DT_SERVICE_ACCOUNT_SECRET", SECRET)
+            .env("TOKEN_REFRESH_STORE_KEY", "22".repeat(32))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let mut holder = worker().spawn().unwrap();
+    // Wait until it holds the lease and is waiting on the slow endpoint, then SIGKILL it.
+    let mut redis_conn = redis.connection();
+    let lease_key = {
+        let source = JwtBearer::new(account()).token_url(endpoint.url("/oauth2/token"));
+        format!("killed:{}:lease", source.store_key().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: bool = redis::cmd("EXISTS")
+            .arg(&lease_key)
+            .query(&mut redis_conn)
+            .unwrap();
+        if held && requests.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let started = Instant::now();
+    let output = worker().output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("lease holder SIGKILLed mid-refresh: the next process had a token after {took:?}");
+    // Lease TTL (2 s, less what had passed before the kill) + one fetch (1.5 s), plus one
+    // poll interval (0.5 s) and a busy machine's process start-up.
+    assert!(took < Duration::from_millis(5_500), "{took:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    drop(endpoint);
+    drop(runtime);
+}
+
+#[tokio::test]
+async fn garbage_or_a_planted_plaintext_entry_in_redis_is_never_handed_out() {
+    let redis = RedisServer::start();
+    let source = || async { AccessToken::new("own", Duration::from_secs(3600)) };
+    let key = "named-planted";
+    let mut conn = redis.connection();
+    for planted in [
+        b"garbage".to_vec(),
+        b"P{\"v\":1,\"token\":\"planted\",\"issued_at_ms\":0,\"lifetime_ms\":99999999999999}"
+            .to_vec(),
+    ] {
+        let () = redis::cmd("SET")
+            .arg(format!("planted:{key}"))
+            .arg(&planted)
+            .query(&mut conn)
+            .unwrap();
+        let provider = TokenProvider::builder(source)
+            .store(sealed_store(&redis, "planted:"))
+            .store_key("planted")
+            .try_build()
+            .unwrap();
+        assert_eq!(provider.token().await.unwrap().expose_secret(), "own");
+        assert_eq!(provider.health().token_requests, 1);
+    }
+}
+
+#[test]
+fn a_redis_store_without_an_encryption_key_is_refused_unless_plaintext_is_allowed() {
+    let source = || async { AccessToken::new("t", Duration::from_secs(3600)) };
+    let error = TokenProvider::builder(source)
+        .store(RedisStore::new("redis://127.0.0.1:1/").unwrap())
+        .store_key("k")
+        .try_build()
+        .unwrap_err();
+    assert!(error.to_string().contains("allow_plaintext"), "{error}");
+    assert!(
+        TokenProvider::builder(source)
+            .store(
+                RedisStore::new("redis://127.0.0.1:1/")
+                    .unwrap()
+                    .allow_plaintext(true)
+            )
+            .store_key("k")
+            .try_build()
+            .is_ok()
+    );
+    // A URL with a password never shows it.
+    let store = RedisStore::new("redis://:hunter2@127.0.0.1:1/").unwrap();
+    assert!(!format!("{store:?}").contains("hunter2"));
+    assert!(RedisStore::new("not a url").is_err());
+}
