@@ -251,3 +251,46 @@ fn a_redis_store_without_an_encryption_key_is_refused_unless_plaintext_is_allowe
     assert!(!format!("{store:?}").contains("hunter2"));
     assert!(RedisStore::new("not a url").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_processes_calling_an_always_401_api_make_a_handful_of_token_requests() {
+    use httpmock::prelude::*;
+    let redis = RedisServer::start();
+    let server = MockServer::start_async().await;
+    let replies = (1..=50)
+        .map(|n| Reply::token(&format!("tok-{n}")))
+        .collect();
+    let tokens = scripted_token_server(&server, replies).await;
+    let api = server
+        .mock_async(|when, then| {
+            when.method(GET).path("/v2/projects");
+            then.status(401);
+        })
+        .await;
+    // Twenty providers, each with its own cache and storm guard as a process has, sharing
+    // one Redis.
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let provider = TokenProvider::builder(source(&server).jti(true))
+                .store(sealed_store(&redis, "storm:"))
+                .try_build()
+                .unwrap();
+            reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(token_refresh::AuthMiddleware::new(provider))
+                .build()
+        })
+        .collect();
+    for _ in 0..50 {
+        for client in &clients {
+            let response = client.get(server.url("/v2/projects")).send().await.unwrap();
+            assert_eq!(response.status(), 401);
+        }
+    }
+    let token_requests = total_calls(&tokens).await;
+    println!(
+        "20 providers sharing Redis, 1,000 calls to an always-401 API: {token_requests} token \
+         requests, {} sends",
+        api.calls_async().await
+    );
+    assert!(token_requests <= 5, "{token_requests} token requests");
+}

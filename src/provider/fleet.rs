@@ -172,7 +172,7 @@ impl Inner {
             Look::Empty | Look::Failed => {
                 let result = self.fetch_with_retries(flight).await;
                 if let Ok(token) = &result {
-                    let entry = fleet.sealer.seal(&fleet.key, &encode(token));
+                    let entry = fleet.sealer.seal(&fleet.key, &encode(token, flight.forced));
                     let ttl = token.expires_in();
                     if fleet
                         .call("store the token", fleet.store.put(&fleet.key, &entry, ttl))
@@ -215,7 +215,7 @@ impl Inner {
                 .await;
             return Look::Empty;
         }
-        let Some(token) = fleet
+        let Some(stored) = fleet
             .sealer
             .open(&fleet.key, &entry)
             .and_then(|plain| decode(&plain))
@@ -223,8 +223,14 @@ impl Inner {
             tracing::debug!(key = %fleet.key, "a stored entry did not open or has expired: ignored");
             return Look::Empty;
         };
+        let token = stored.token;
         if Instant::now() >= Cached::new(&self.config, token.clone()).refresh_at {
             return Look::Empty;
+        }
+        if let Some(interval) = stored.forced_interval {
+            self.lock_state()
+                .storm
+                .seed(token.issued_at_instant(), interval);
         }
         tracing::debug!(key = %fleet.key, "access token taken from the token store");
         fleet.remember(&token, entry);

@@ -40,6 +40,9 @@ pub(super) struct Flight {
     /// Whether a waiter is checking that `runtime` still runs the refresh.
     probing: AtomicBool,
     progress: Mutex<Progress>,
+    /// The storm guard's interval, if a rejection forced this refresh: a store entry
+    /// carries it to the rest of the fleet.
+    pub(super) forced: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -247,6 +250,7 @@ impl Inner {
             outcome: watch::Sender::new(Outcome::Pending),
             probing: AtomicBool::new(false),
             progress: Mutex::default(),
+            forced: state.storm.take_forced(),
         });
         self.set_flight(state, Some(Arc::clone(&flight)));
         let span = tracing::debug_span!(

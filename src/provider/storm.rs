@@ -39,6 +39,8 @@ pub(super) struct StormGuard {
     spent: u32,
     /// When the allowance last regained a refresh (or was first drawn on).
     refilled_at: Option<Instant>,
+    /// A refresh was forced and no flight has started for it yet.
+    forced_pending: bool,
 }
 
 /// What the guard makes of one rejection of the cached, still usable token.
@@ -72,6 +74,7 @@ impl StormGuard {
         if accepted && !distrusted && self.take_allowance(config, now) {
             self.last_forced = Some(now);
             self.interval = config.forced_interval;
+            self.forced_pending = true;
             return Decision::Revoked;
         }
         if let Some(last) = self.last_forced
@@ -91,6 +94,7 @@ impl StormGuard {
             config.forced_interval
         };
         self.last_forced = Some(now);
+        self.forced_pending = true;
         if replacement_refused {
             self.distrust(now);
         }
@@ -100,6 +104,21 @@ impl StormGuard {
     /// The least time until the next forced refresh that is not a revocation.
     pub(super) fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// For a refresh that starts now: the interval, if a rejection forced it.
+    pub(super) fn take_forced(&mut self) -> Option<Duration> {
+        std::mem::take(&mut self.forced_pending).then_some(self.interval)
+    }
+
+    /// Another process of the fleet forced a refresh at `at` and this one took its token
+    /// from the store: the guard holds as if this process had forced it, so the fleet
+    /// forces one refresh per interval, not one per process.
+    pub(super) fn seed(&mut self, at: Instant, interval: Duration) {
+        if self.last_forced.is_none_or(|last| last < at) {
+            self.last_forced = Some(at);
+            self.interval = interval;
+        }
     }
 
     fn distrust(&mut self, now: Instant) {

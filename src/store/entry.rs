@@ -19,6 +19,10 @@ struct Wire {
     /// When the token request was sent, in Unix milliseconds by the writer's clock.
     issued_at_ms: u64,
     lifetime_ms: u64,
+    /// Set when a rejection forced the refresh that fetched this token: the forcing
+    /// process's storm-guard interval, which every process that takes the token adopts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forced_interval_ms: Option<u64>,
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -26,8 +30,16 @@ fn unix_ms(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `token` as an entry (JSON; the caller seals it).
-pub(crate) fn encode(token: &AccessToken) -> Vec<u8> {
+/// A token read from an entry.
+pub(crate) struct Stored {
+    pub(crate) token: AccessToken,
+    /// The storm-guard interval of the forced refresh that fetched it, if one did.
+    pub(crate) forced_interval: Option<Duration>,
+}
+
+/// `token` as an entry (JSON; the caller seals it); `forced_interval` if a rejection forced
+/// the refresh that fetched it.
+pub(crate) fn encode(token: &AccessToken, forced_interval: Option<Duration>) -> Vec<u8> {
     let age = Instant::now().saturating_duration_since(token.issued_at_instant());
     let issued = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
     let wire = Wire {
@@ -35,6 +47,8 @@ pub(crate) fn encode(token: &AccessToken) -> Vec<u8> {
         token: token.expose_secret().to_owned(),
         issued_at_ms: unix_ms(issued),
         lifetime_ms: u64::try_from(token.lifetime().as_millis()).unwrap_or(u64::MAX),
+        forced_interval_ms: forced_interval
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     serde_json::to_vec(&wire).expect("an entry always serializes")
 }
@@ -43,7 +57,7 @@ pub(crate) fn encode(token: &AccessToken) -> Vec<u8> {
 /// `None` for an entry of another format, a bad token, or one that has expired. A writer's
 /// clock ahead of ours never makes the token last longer than its lifetime from now; one
 /// behind ours shortens it (see the store docs on clock skew).
-pub(crate) fn decode(bytes: &[u8]) -> Option<AccessToken> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<Stored> {
     let wire: Wire = serde_json::from_slice(bytes).ok()?;
     if wire.v != FORMAT_VERSION {
         return None;
@@ -58,7 +72,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<AccessToken> {
     let issued = now
         .checked_sub(lifetime.saturating_sub(remaining))
         .unwrap_or(now);
-    AccessToken::issued_at(wire.token, issued, lifetime).ok()
+    Some(Stored {
+        token: AccessToken::issued_at(wire.token, issued, lifetime).ok()?,
+        forced_interval: wire.forced_interval_ms.map(Duration::from_millis),
+    })
 }
 
 #[cfg(test)]
@@ -71,6 +88,7 @@ mod tests {
             token: "tok".into(),
             issued_at_ms,
             lifetime_ms,
+            forced_interval_ms: None,
         })
         .unwrap()
     }
@@ -78,7 +96,9 @@ mod tests {
     #[test]
     fn a_token_round_trips_with_its_remaining_life() {
         let token = AccessToken::new("tok-1", Duration::from_secs(3600)).unwrap();
-        let back = decode(&encode(&token)).unwrap();
+        let back = decode(&encode(&token, Some(Duration::from_secs(5)))).unwrap();
+        assert_eq!(back.forced_interval, Some(Duration::from_secs(5)));
+        let back = back.token;
         assert_eq!(back.expose_secret(), "tok-1");
         assert_eq!(back.lifetime(), Duration::from_secs(3600));
         let drift = back.expires_in().abs_diff(token.expires_in());
@@ -107,10 +127,10 @@ mod tests {
     #[test]
     fn a_writer_clock_ahead_never_extends_the_token() {
         let ahead = unix_ms(SystemTime::now()) + 600_000; // ten minutes ahead
-        let token = decode(&wire(ahead, 3_600_000)).unwrap();
+        let token = decode(&wire(ahead, 3_600_000)).unwrap().token;
         assert!(token.expires_in() <= Duration::from_secs(3600));
         let behind = unix_ms(SystemTime::now()) - 600_000;
-        let token = decode(&wire(behind, 3_600_000)).unwrap();
+        let token = decode(&wire(behind, 3_600_000)).unwrap().token;
         assert!(token.expires_in() <= Duration::from_secs(3000));
     }
 }

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A real Redis for the tests: `TOKEN_REFRESH_TEST_REDIS_URL` if set, else a `redis-server`
 //! started here on a free loopback port with no persistence, stopped when dropped.
 
