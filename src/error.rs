@@ -228,6 +228,14 @@ pub enum Error {
         "the Tokio runtime has no time driver: build it with `enable_time()` or `enable_all()`"
     )]
     TimeDisabled,
+
+    /// The Tokio runtime has no I/O driver, which a token request needs for its socket:
+    /// nothing was sent (reqwest would have panicked).
+    #[error(
+        "the Tokio runtime has no I/O driver, which the token request needs: build it with \
+         `enable_io()` or `enable_all()`"
+    )]
+    IoDisabled,
 }
 
 fn plural(n: usize) -> &'static str {
@@ -317,8 +325,10 @@ impl Error {
     /// chain, or the error itself.
     ///
     /// `reqwest_middleware::Error::Middleware` is `#[error(transparent)]` and
-    /// `reqwest-retry` wraps errors in its own type, so neither a plain downcast nor a walk
-    /// of `source()` finds a token error there; this does.
+    /// `reqwest-retry` wraps errors in its own type, so a plain downcast of the outer error
+    /// does not find a token error there. A walk of `source()` does (the middleware's token
+    /// error returns this crate's error as its source), and so does this, in one call, also
+    /// through the `anyhow` errors that `reqwest_middleware::Error::Middleware` holds.
     ///
     /// ```
     /// # fn handle(error: &(dyn std::error::Error + 'static)) {

@@ -293,6 +293,7 @@ impl<'a> TokenRequest<'a> {
     /// [`Error::InsecureTransport`] for plain http to a host that is not loopback. The
     /// token's lifetime counts from when the request was sent.
     pub async fn send(mut self) -> Result<AccessToken> {
+        ensure_io()?;
         let endpoint = self.endpoint;
         let url = reqwest::Url::parse(&endpoint.url)
             .map_err(|e| Error::Config(format!("token URL {:?} is invalid: {e}", endpoint.url)))?;
@@ -544,6 +545,27 @@ fn parse_expires_in(value: Option<&Value>) -> Result<Duration> {
         );
     }
     Ok(Duration::from_secs(capped as u64))
+}
+
+/// Fails with [`Error::IoDisabled`] on a Tokio runtime without the I/O driver, where reqwest
+/// would panic on its first socket. Registering a loopback UDP socket is the one way to ask
+/// (tokio panics without the driver; the panic is caught, unprinted); it costs a socket per
+/// token request, next to the request's own connection. Outside a runtime, or if no socket
+/// can be had, nothing is decided here.
+fn ensure_io() -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(());
+    }
+    let Ok(socket) = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)) else {
+        return Ok(());
+    };
+    if socket.set_nonblocking(true).is_err() {
+        return Ok(());
+    }
+    match crate::quiet_panic::catch_quietly(|| tokio::net::UdpSocket::from_std(socket)) {
+        Some(_) => Ok(()),
+        None => Err(Error::IoDisabled),
+    }
 }
 
 #[cfg(test)]

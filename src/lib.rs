@@ -179,6 +179,7 @@ mod middleware;
 #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
 mod policy;
 mod provider;
+mod quiet_panic;
 #[cfg(feature = "tower")]
 mod replay;
 mod source;

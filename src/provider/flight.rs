@@ -214,7 +214,8 @@ impl Inner {
         }
         // Creating a timer is the only way to ask; it panics without the driver.
         let has_time =
-            std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok();
+            crate::quiet_panic::catch_quietly(|| drop(tokio::time::sleep(Duration::ZERO)))
+                .is_some();
         if !has_time {
             self.lock_state().no_time = Some(id);
             return Err(Error::TimeDisabled);
