@@ -8,8 +8,6 @@ use serde_json::Value;
 
 use crate::dt::{ENV_CREDENTIALS_FILE, ENV_EMAIL, ENV_KEY_ID, ENV_SECRET};
 use crate::error::{Error, Result};
-use crate::grants::jwt_bearer::JwtBearer;
-use crate::provider::TokenProvider;
 
 /// A service account: key id, email and secret, plus the token endpoint when the
 /// credentials file names one.
@@ -203,16 +201,6 @@ fn file_error(path: &Path, problem: String) -> Error {
 
 fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-impl TokenProvider {
-    /// A provider for the DT service account that [`ServiceAccount::discover`] finds, using
-    /// [`JwtBearer`] with the account's token endpoint (DT's by default). To change the
-    /// grant's settings, build it yourself:
-    /// `TokenProvider::new(JwtBearer::new(ServiceAccount::discover()?).allow_http(true))`.
-    pub fn discover() -> Result<Self> {
-        Ok(Self::new(JwtBearer::new(ServiceAccount::discover()?)))
-    }
 }
 
 impl fmt::Debug for ServiceAccount {

@@ -164,6 +164,7 @@
 
 mod credentials;
 pub mod defaults;
+mod discovery;
 pub mod dt;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]

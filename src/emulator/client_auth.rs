@@ -10,7 +10,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::validate::{Form, Rejection, percent_decode};
+use super::form::{Form, Rejection, percent_decode};
 
 /// Base64 as RFC 6749 §2.3.1 wants it (the standard alphabet), decoding with or without
 /// padding: clients disagree on the padding, and it carries no information.

@@ -122,10 +122,12 @@ mod body;
 mod client_auth;
 mod events;
 mod fault;
+mod form;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
 mod race;
+mod responses;
 mod rfc3339;
 mod server;
 mod stream;

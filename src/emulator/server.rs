@@ -15,13 +15,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::body::Body;
+use super::form::Rejection;
 use super::race::first;
+use super::responses::{Hangup, dt_error, json_response, response};
 use super::stream::{self, Subscriptions};
-use super::validate::{Grant, Rejection, check_token_request};
+use super::validate::{Grant, check_token_request};
 use super::{Fault, Shared, TokenCheck};
 
 /// The token endpoint's path.
@@ -30,8 +31,6 @@ pub(super) const TOKEN_PATH: &str = "/oauth2/token";
 pub(super) const API_PREFIX: &str = "/v2";
 /// Largest request body accepted; larger ones get 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Where DT's error responses point.
-const HELP_URL: &str = "https://developer.disruptive-technologies.com/docs/error-codes";
 
 /// Returned by the service to make hyper close the connection without answering.
 #[derive(Debug)]
@@ -44,23 +43,6 @@ impl fmt::Display for CloseConnection {
 }
 
 impl std::error::Error for CloseConnection {}
-
-/// Drops one connection on demand, whatever it is doing: how an event stream is cut
-/// mid-body.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Hangup(Arc<Notify>);
-
-impl Hangup {
-    /// Makes the connection task drop the connection (at once, or as soon as it starts
-    /// waiting for this).
-    pub(super) fn hang_up(&self) {
-        self.0.notify_one();
-    }
-
-    async fn wait(&self) {
-        self.0.notified().await;
-    }
-}
 
 /// Accepts connections until the task is aborted; dropping the task drops `connections`,
 /// which aborts every connection task with it.
@@ -323,39 +305,11 @@ fn unauthorized(problem: TokenCheck) -> Response<Body> {
     response
 }
 
-/// DT's error shape: `{"error", "code", "help"}`.
-pub(super) fn dt_error(status: StatusCode, message: &str) -> Response<Body> {
-    let code = status.as_u16();
-    json_response(
-        status,
-        &json!({"error": message, "code": code, "help": format!("{HELP_URL}#{code}")}),
-    )
-}
-
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = response(StatusCode::METHOD_NOT_ALLOWED, Bytes::new(), None);
     response
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    response(
-        status,
-        Bytes::from(body.to_string()),
-        Some("application/json"),
-    )
-}
-
-fn response(status: StatusCode, body: Bytes, content_type: Option<&'static str>) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    if let Some(content_type) = content_type {
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    }
     response
 }
 

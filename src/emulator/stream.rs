@@ -16,9 +16,9 @@ use tokio::time::Instant;
 
 use super::body::Body;
 use super::events::{self, Event};
+use super::form::parse_form;
 use super::race::{First, first};
-use super::server::{Hangup, dt_error};
-use super::validate::parse_form;
+use super::responses::{Hangup, dt_error};
 use super::{Bearer, Shared, StreamEnd};
 
 /// The content type of the stream, newline-delimited JSON, as DT sends it.
