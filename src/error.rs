@@ -70,6 +70,28 @@ pub enum Error {
     #[error("could not sign the JWT assertion: {0}")]
     Signing(String),
 
+    /// A signing key (PEM, JWK or secret given to [`SigningKey`](crate::SigningKey)) is not
+    /// usable: malformed, encrypted, public, of an unsupported type or too short.
+    #[error("invalid signing key: {problem}")]
+    InvalidKey {
+        /// What is wrong with it, never key material.
+        problem: String,
+    },
+
+    /// The key file of [`SigningKey::from_pem_file`](crate::SigningKey::from_pem_file)
+    /// cannot be read or does not hold a usable key.
+    #[error("key file {}: {problem}", path.display())]
+    KeyFile {
+        /// The file that was read.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A [`Signer`](crate::Signer) did not answer within the token request's timeout.
+    #[error("the signer did not answer within {0:?}")]
+    SignerTimeout(Duration),
+
     /// The token endpoint answered with an RFC 6749 §5.2 error response.
     #[error("token endpoint rejected the request (HTTP {status}): {error}{}", fmt_description(description.as_deref()))]
     OAuth {
@@ -283,6 +305,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Timeout(_) | Self::Transport(_) => true,
+            Self::SignerTimeout(_) => true,
             Self::WaitTimeout { .. } | Self::ExpiredOnArrival { .. } => true,
             Self::HttpStatus { status, .. } => transient_status(*status),
             Self::OAuth { status, error, .. } => {

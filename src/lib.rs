@@ -173,6 +173,7 @@ mod error;
 mod exchange;
 mod grants;
 pub mod health;
+mod keys;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "reqwest")]
@@ -196,8 +197,10 @@ pub use error::{Error, Result};
 pub use exchange::parse_token_response;
 pub use exchange::{TokenEndpoint, TokenRequest};
 pub use grants::client_credentials::{ClientAuth, ClientCredentials};
+pub use grants::google::ENV_GOOGLE_APPLICATION_CREDENTIALS;
 pub use grants::jwt_bearer::JwtBearer;
 pub use health::Health;
+pub use keys::{Signer, SigningAlgorithm, SigningKey};
 #[cfg(feature = "tower")]
 pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 #[cfg(feature = "reqwest")]

@@ -321,7 +321,7 @@ async fn the_client_secret_never_appears_in_debug_display_or_logs() {
     let mut texts = Vec::new();
     for auth in [ClientAuth::Basic, ClientAuth::Post] {
         let source = ClientCredentials::new(server.url("/oauth2/token"), LEAKY_ID, LEAKY_SECRET)
-            .client_auth(auth);
+            .client_auth(auth.clone());
         texts.push(format!("{source:?}"));
         let provider = TokenProvider::new(source);
         let error = token_of(&provider).await.unwrap_err();
@@ -413,7 +413,8 @@ async fn emulator_tokens_work_on_the_api_with_both_client_authentications() {
     for emulator in [&default, &special] {
         for auth in [ClientAuth::Basic, ClientAuth::Post] {
             let before = emulator.stats();
-            let provider = TokenProvider::new(emulator.client_credentials().client_auth(auth));
+            let provider =
+                TokenProvider::new(emulator.client_credentials().client_auth(auth.clone()));
             let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
                 .with(AuthMiddleware::new(provider).for_origin(&emulator.origin()))
                 .build();

@@ -59,7 +59,7 @@ async fn post_token(
 async fn basic_and_post_both_yield_tokens_that_work_on_the_api() {
     let emu = Emulator::start().await.unwrap();
     for auth in [ClientAuth::Basic, ClientAuth::Post] {
-        let token = token_of(emu.client_credentials().client_auth(auth))
+        let token = token_of(emu.client_credentials().client_auth(auth.clone()))
             .await
             .unwrap_or_else(|e| panic!("{auth:?}: {e}"));
         assert_eq!(get_projects(&emu, &token).await, 200, "{auth:?}");
@@ -89,7 +89,7 @@ async fn a_wrong_secret_is_a_permanent_invalid_client_after_one_request() {
     for auth in [ClientAuth::Basic, ClientAuth::Post] {
         let emu = Emulator::start().await.unwrap();
         let source = ClientCredentials::new(emu.token_url(), emu.client_id(), "wrong-secret")
-            .client_auth(auth);
+            .client_auth(auth.clone());
         let error = token_of(source).await.expect_err("a wrong secret");
         match &error {
             Error::OAuth {
@@ -179,7 +179,7 @@ async fn awkward_ids_and_secrets_work_with_basic_and_post() {
     assert_eq!(emu.client_id(), ID);
     assert_eq!(emu.client_secret(), SECRET);
     for auth in [ClientAuth::Basic, ClientAuth::Post] {
-        let source = ClientCredentials::new(emu.token_url(), ID, SECRET).client_auth(auth);
+        let source = ClientCredentials::new(emu.token_url(), ID, SECRET).client_auth(auth.clone());
         let token = token_of(source)
             .await
             .unwrap_or_else(|e| panic!("{auth:?}: {e}"));

@@ -126,6 +126,7 @@ mod form;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
+mod keys;
 mod race;
 mod responses;
 mod rfc3339;
@@ -204,6 +205,8 @@ pub struct Stats {
 struct Shared {
     account: ServiceAccount,
     client: Client,
+    /// Public keys registered with [`Emulator::register_key`].
+    keys: keys::Registry,
     token_url: String,
     state: Mutex<State>,
     /// The device ids.
@@ -248,6 +251,33 @@ enum TokenCheck {
 }
 
 impl Emulator {
+    /// Registers the public key `jwk` (with `kid` and `alg`: RS256, PS256, ES256 or EdDSA;
+    /// [`SigningKey::public_jwk`](crate::SigningKey::public_jwk) gives one) for `issuer`:
+    /// a JWT-bearer assertion whose `kid` is this key's must be signed with it, with `alg`
+    /// as registered (HS256 is refused, whatever the secret: no algorithm confusion) and
+    /// `iss` = `issuer`; a client whose id is `issuer` can authenticate with
+    /// `private_key_jwt` signed with it (`iss` = `sub` = the client id). Both are checked
+    /// for `aud` = the token URL, `exp` and `iat`, and, when
+    /// [`check_replays`](Self::check_replays) is on, a `jti` not seen before. A JWK that is
+    /// not such a key is an [`Error::Config`](crate::Error::Config).
+    pub fn register_key(
+        &self,
+        issuer: impl Into<String>,
+        jwk: &serde_json::Value,
+    ) -> crate::Result<()> {
+        self.shared
+            .keys
+            .register(issuer.into(), jwk)
+            .map_err(|problem| crate::Error::Config(format!("emulator: {problem}")))
+    }
+
+    /// Checks the `jti` of assertions signed with registered keys and of client assertions:
+    /// one without a `jti`, or with one seen before, is refused (and the seen ones are
+    /// forgotten when this is set). Default: off.
+    pub fn check_replays(&self, on: bool) {
+        self.shared.keys.check_replays(on);
+    }
+
     /// Starts an emulator with the default settings on a free port of `127.0.0.1`.
     ///
     /// Must be called within a Tokio runtime with I/O and time enabled. Fails only if the
@@ -470,6 +500,7 @@ impl EmulatorBuilder {
         let shared = Arc::new(Shared {
             account,
             client,
+            keys: keys::Registry::default(),
             token_url,
             state: Mutex::new(State {
                 token_ttl: self.token_ttl,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CACHE_CONTROL, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -90,7 +90,7 @@ async fn handle(
     #[cfg(feature = "tonic")]
     if request
         .headers()
-        .get(CONTENT_TYPE)
+        .get(http::header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
     {
         return Ok(super::grpc::handle(shared, request).await.map(Body::Grpc));
@@ -147,6 +147,7 @@ async fn token_endpoint(
         &body,
         &shared.account,
         &shared.client,
+        &shared.keys,
         &shared.token_url,
     );
     let grant = match result {

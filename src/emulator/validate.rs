@@ -10,9 +10,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::client_auth::Client;
-use super::form::{Rejection, parse_form};
+use super::form::{Form, Rejection, parse_form};
+use super::keys::{Purpose, Registry, VerifyWith};
 use crate::ServiceAccount;
 use crate::{ClientCredentials, JwtBearer};
+use secrecy::ExposeSecret as _;
 
 /// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
 /// give.
@@ -35,6 +37,7 @@ pub(super) fn check_token_request(
     body: &[u8],
     account: &ServiceAccount,
     client: &Client,
+    keys: &Registry,
     token_url: &str,
 ) -> Result<Grant, Rejection> {
     let content_type = headers
@@ -53,11 +56,29 @@ pub(super) fn check_token_request(
         Some(JwtBearer::GRANT_TYPE) => match form.get("assertion") {
             None | Some("") => Err(Rejection::request("the assertion parameter is missing")),
             Some(assertion) => {
-                check_assertion(assertion, account, token_url).map(|()| Grant::JwtBearer)
+                let header = jsonwebtoken::decode_header(assertion)
+                    .map_err(|_| Rejection::grant("the assertion is not a well-formed JWT"))?;
+                match keys.get(header.kid.as_deref()) {
+                    Some(key) => keys.verify(
+                        assertion,
+                        &header,
+                        VerifyWith::Key(&key),
+                        key.issuer(),
+                        token_url,
+                        Purpose::Grant,
+                    )?,
+                    None => check_assertion(assertion, account, token_url)?,
+                }
+                Ok(Grant::JwtBearer)
             }
         },
         Some(ClientCredentials::GRANT_TYPE) => {
-            client.authenticate(headers, &form)?;
+            if form.get("client_assertion_type").is_some() || form.get("client_assertion").is_some()
+            {
+                check_client_assertion(headers, &form, client, keys, token_url)?;
+            } else {
+                client.authenticate(headers, &form)?;
+            }
             // `audience` is accepted and means nothing here: there is one API.
             let scope = form.get("scope").map(check_scope).transpose()?;
             Ok(Grant::ClientCredentials { scope })
@@ -71,6 +92,50 @@ pub(super) fn check_token_request(
             ),
         )),
     }
+}
+
+/// Client authentication by assertion (RFC 7523 §2.2): `private_key_jwt` with a registered
+/// key, or `client_secret_jwt` (HS256 with the client secret) when its `kid` is not one.
+fn check_client_assertion(
+    headers: &HeaderMap,
+    form: &Form,
+    client: &Client,
+    keys: &Registry,
+    token_url: &str,
+) -> Result<(), Rejection> {
+    const TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    if form.get("client_assertion_type") != Some(TYPE) {
+        return Err(Rejection::client(format!(
+            "client_assertion_type must be {TYPE}"
+        )));
+    }
+    if headers.contains_key(http::header::AUTHORIZATION) || form.get("client_secret").is_some() {
+        return Err(Rejection::request(
+            "the client authenticated both with an assertion and with its secret",
+        ));
+    }
+    if form.get("client_id").is_some_and(|id| id != client.id) {
+        return Err(Rejection::client("the client_id is not a known client"));
+    }
+    let assertion = match form.get("client_assertion") {
+        None | Some("") => return Err(Rejection::client("the client_assertion is missing")),
+        Some(assertion) => assertion,
+    };
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|_| Rejection::client("the client assertion is not a well-formed JWT"))?;
+    let key = keys.get(header.kid.as_deref());
+    let with = match &key {
+        Some(key) => VerifyWith::Key(key),
+        None => VerifyWith::Secret(client.secret.expose_secret().as_bytes()),
+    };
+    keys.verify(
+        assertion,
+        &header,
+        with,
+        &client.id,
+        token_url,
+        Purpose::Client,
+    )
 }
 
 /// RFC 6749 §3.3: one or more scope tokens of `%x21 / %x23-5B / %x5D-7E`, separated by
@@ -145,7 +210,7 @@ fn check_assertion(
     Ok(())
 }
 
-fn describe(kind: &ErrorKind, token_url: &str) -> String {
+pub(super) fn describe(kind: &ErrorKind, token_url: &str) -> String {
     match kind {
         ErrorKind::InvalidSignature => "the assertion's signature does not verify".into(),
         ErrorKind::ExpiredSignature => "the assertion has expired (exp is in the past)".into(),

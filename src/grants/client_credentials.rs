@@ -1,12 +1,14 @@
 //! The RFC 6749 §4.4 client-credentials grant.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
+use crate::keys::{Signer, SigningKey};
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -15,8 +17,9 @@ use crate::token::AccessToken;
 const SENDING: &str = "the client secret";
 const ALLOW_WITH: &str = "`ClientCredentials::allow_http(true)`";
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the client authenticates to the token endpoint: with its secret (RFC 6749 §2.3.1)
+/// or with a signed assertion (RFC 7523 §2.2, OIDC Core §9).
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, what
@@ -25,6 +28,89 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` as form parameters, for servers that want them there.
     Post,
+    /// `private_key_jwt`: an assertion signed with the client's private key (a
+    /// [`SigningKey`] or a KMS [`Signer`]), as Entra, Okta, Auth0 and the MCP
+    /// client-credentials profile want. No client secret is sent. Build it with
+    /// [`ClientAuth::private_key_jwt`].
+    PrivateKeyJwt(Arc<dyn Signer>),
+    /// `client_secret_jwt`: an assertion signed HS256 with the client secret, which itself
+    /// is never sent. Build it with [`ClientAuth::client_secret_jwt`].
+    ClientSecretJwt(Arc<dyn Signer>),
+}
+
+impl ClientAuth {
+    /// `private_key_jwt` with `signer`. See
+    /// [`TokenRequest::client_assertion`](crate::TokenRequest::client_assertion) for the
+    /// assertion's claims.
+    ///
+    /// ```
+    /// # #[cfg(feature = "emulator")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh::{ClientAuth, ClientCredentials, SigningKey, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let key = SigningKey::from_pem(
+    ///     "-----BEGIN PRIVATE KEY-----
+    /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
+    /// -----END PRIVATE KEY-----",
+    /// )?
+    /// .key_id("client-key-1");
+    /// // The client registered its public key with the server: here, the emulator.
+    /// emulator.register_key(emulator.client_id(), &key.public_jwk().unwrap())?;
+    ///
+    /// let source = ClientCredentials::with_client_auth(
+    ///     emulator.token_url(),
+    ///     emulator.client_id(),
+    ///     ClientAuth::private_key_jwt(key),
+    /// );
+    /// let provider = TokenProvider::new(source);
+    /// assert!(!provider.token().await?.expose_secret().is_empty());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "emulator"))]
+    /// # fn main() {}
+    /// ```
+    pub fn private_key_jwt(signer: impl Signer) -> Self {
+        Self::PrivateKeyJwt(Arc::new(signer))
+    }
+
+    /// `client_secret_jwt` with `client_secret`. An empty secret fails the first token
+    /// request with [`Error::EmptyCredential`] naming `client_secret`, before anything is
+    /// sent.
+    pub fn client_secret_jwt(client_secret: impl AsRef<[u8]>) -> Self {
+        match SigningKey::from_secret(client_secret) {
+            Ok(key) => Self::ClientSecretJwt(Arc::new(key)),
+            Err(_) => Self::ClientSecretJwt(Arc::new(EmptySecret)),
+        }
+    }
+
+    fn signer(&self) -> Option<&dyn Signer> {
+        match self {
+            Self::PrivateKeyJwt(signer) | Self::ClientSecretJwt(signer) => Some(&**signer),
+            Self::Basic | Self::Post => None,
+        }
+    }
+}
+
+/// The signer of a `client_secret_jwt` whose secret is empty: fails at the first request,
+/// as an empty secret does with the other methods.
+#[derive(Debug)]
+struct EmptySecret;
+
+#[async_trait::async_trait]
+impl Signer for EmptySecret {
+    fn algorithm(&self) -> crate::SigningAlgorithm {
+        crate::SigningAlgorithm::HS256
+    }
+    fn key_id(&self) -> Option<&str> {
+        None
+    }
+    async fn sign(&self, _: &[u8]) -> Result<Vec<u8>> {
+        Err(Error::EmptyCredential {
+            field: "client_secret",
+        })
+    }
 }
 
 /// A [`TokenSource`] for the RFC 6749 §4.4 client-credentials grant: a client id and secret
@@ -106,6 +192,25 @@ impl ClientCredentials {
         }
     }
 
+    /// The client `client_id` at `token_url`, authenticating with `auth`: for
+    /// [`ClientAuth::PrivateKeyJwt`] and [`ClientAuth::ClientSecretJwt`], which need no
+    /// separate secret. With [`ClientAuth::Basic`] or [`ClientAuth::Post`] the secret is
+    /// empty, which the first token request reports. Does no I/O.
+    pub fn with_client_auth(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        auth: ClientAuth,
+    ) -> Self {
+        Self::new(token_url, client_id, String::new()).client_auth(auth)
+    }
+
+    /// Sets the `aud` of client assertions, for servers that want their issuer identifier
+    /// there. Default: the token URL.
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.endpoint = self.endpoint.client_assertion_audience(audience);
+        self
+    }
+
     /// How the client authenticates. Default: [`ClientAuth::Basic`].
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
@@ -180,7 +285,14 @@ impl TokenSource for ClientCredentials {
         for (name, value) in &self.params {
             key = key.part(name).part(value);
         }
-        Some(key.part(self.client_secret.expose_secret()).finish())
+        let key = match self.auth.signer() {
+            None => key.part(self.client_secret.expose_secret()),
+            Some(signer) => key
+                .part("assertion")
+                .part(signer.algorithm().name())
+                .optional(signer.key_id()),
+        };
+        Some(key.finish())
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
@@ -188,7 +300,7 @@ impl TokenSource for ClientCredentials {
         if self.client_id.trim().is_empty() {
             return Err(Error::EmptyCredential { field: "client_id" });
         }
-        if secret.is_empty() {
+        if secret.is_empty() && self.auth.signer().is_none() {
             return Err(Error::EmptyCredential {
                 field: "client_secret",
             });
@@ -199,11 +311,14 @@ impl TokenSource for ClientCredentials {
             .request()
             .describe(SENDING, ALLOW_WITH)
             .param("grant_type", Self::GRANT_TYPE);
-        request = match self.auth {
+        request = match &self.auth {
             ClientAuth::Basic => request.basic_auth(&self.client_id, secret),
             ClientAuth::Post => request
                 .param("client_id", &self.client_id)
                 .secret_param("client_secret", secret),
+            ClientAuth::PrivateKeyJwt(signer) | ClientAuth::ClientSecretJwt(signer) => {
+                request.client_assertion(&self.client_id, &**signer)
+            }
         };
         if !scope.is_empty() {
             request = request.param("scope", &scope);

@@ -3,16 +3,19 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::credentials::ServiceAccount;
 use crate::dt;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
+use crate::keys::{self, IAT_BACKDATE, Jws, Signer};
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -21,9 +24,10 @@ use crate::token::AccessToken;
 /// assertion is used once, immediately, so its length matters only for clock skew.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// How far `iat` is backdated: a server whose clock runs a little behind ours would otherwise
-/// reject the assertion as issued in the future.
-const IAT_BACKDATE: Duration = Duration::from_secs(5);
+/// Lifetime of an assertion signed with a key ([`JwtBearer::signed_by`]): it is used once,
+/// at once, and the strictest servers (Salesforce) want `exp` within 3 minutes; Google and
+/// Okta accept up to an hour.
+pub(crate) const KEY_ASSERTION_LIFETIME: Duration = Duration::from_secs(180);
 
 /// What [`Error::InsecureTransport`] says would be sent, and how to allow it.
 const SENDING: &str = "the signed JWT assertion";
@@ -91,6 +95,12 @@ enum Assertion {
         jti: bool,
     },
     File(PathBuf),
+    Key {
+        signer: Arc<dyn Signer>,
+        issuer: String,
+        subject: Option<String>,
+        claims: Vec<(String, Value)>,
+    },
 }
 
 #[derive(Serialize)]
@@ -191,6 +201,73 @@ impl JwtBearer {
         }
     }
 
+    /// Signs assertions with `signer` — a [`SigningKey`](crate::SigningKey) (RS256, PS256,
+    /// ES256, EdDSA, HS256) or a [`Signer`] that calls a KMS — as `issuer`, for `token_url`.
+    ///
+    /// Each assertion has the header `alg` (the signer's), `typ: JWT` and `kid` (if the signer
+    /// has one), and the claims `iss` = `issuer`, `aud` = the token URL (or
+    /// [`audience`](Self::audience)), `iat` (backdated a few seconds for clock skew), `exp` =
+    /// `iat` + 180 s, a fresh random `jti` (so a server with replay checks accepts every
+    /// retry), `sub` if [`subject`](Self::subject) is set, and any [`claim`](Self::claim).
+    /// The signer is called once per exchange, bounded by the request
+    /// [`timeout`](Self::timeout). Does no I/O.
+    ///
+    /// ```
+    /// # #[cfg(feature = "emulator")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh::{JwtBearer, SigningKey, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let key = SigningKey::from_pem(
+    ///     "-----BEGIN PRIVATE KEY-----
+    /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
+    /// -----END PRIVATE KEY-----",
+    /// )?
+    /// .key_id("robot-key-1");
+    /// // The server knows the public key: here, the emulator.
+    /// emulator.register_key("robot@example.com", &key.public_jwk().unwrap())?;
+    ///
+    /// let source = JwtBearer::signed_by(emulator.token_url(), "robot@example.com", key)
+    ///     .subject("robot@example.com")
+    ///     .scope("read:devices");
+    /// let provider = TokenProvider::new(source);
+    /// assert!(!provider.token().await?.expose_secret().is_empty());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "emulator"))]
+    /// # fn main() {}
+    /// ```
+    pub fn signed_by(
+        token_url: impl Into<String>,
+        issuer: impl Into<String>,
+        signer: impl Signer,
+    ) -> Self {
+        Self {
+            assertion: Assertion::Key {
+                signer: Arc::new(signer),
+                issuer: issuer.into(),
+                subject: None,
+                claims: Vec::new(),
+            },
+            endpoint: TokenEndpoint::new(token_url),
+            audience: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Adds the claim `name` with `value` to assertions signed with a key
+    /// ([`signed_by`](Self::signed_by)); a second call with the same name replaces it. `iat`,
+    /// `exp` and `jti` are always the crate's. Default: none.
+    pub fn claim(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        if let Assertion::Key { claims, .. } = &mut self.assertion {
+            let name = name.into();
+            claims.retain(|(n, _)| *n != name);
+            claims.push((name, value.into()));
+        }
+        self
+    }
+
     /// Sets the token endpoint, which is also the signed assertion's `aud` unless
     /// [`audience`](Self::audience) is set. Default: the account's `tokenEndpoint`, else
     /// [`dt::TOKEN_URL`].
@@ -217,14 +294,17 @@ impl JwtBearer {
     /// Adds a `sub` claim to signed assertions (RFC 7523 asks for one; DT does not).
     /// Default: no `sub`.
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
-        if let Assertion::Signed { subject: sub, .. } = &mut self.assertion {
+        if let Assertion::Signed { subject: sub, .. } | Assertion::Key { subject: sub, .. } =
+            &mut self.assertion
+        {
             *sub = Some(subject.into());
         }
         self
     }
 
-    /// Adds a random `jti` claim to each signed assertion, for servers that reject replays.
-    /// Default: `false`.
+    /// Adds a random `jti` claim to each assertion signed for a [`ServiceAccount`], for
+    /// servers that reject replays. Default: `false` (assertions signed with a key always
+    /// have one).
     pub fn jti(mut self, enabled: bool) -> Self {
         if let Assertion::Signed { jti, .. } = &mut self.assertion {
             *jti = enabled;
@@ -261,7 +341,7 @@ impl JwtBearer {
     }
 
     /// The assertion for one exchange: signed now, or read from its file now.
-    fn assertion(&self) -> Result<SecretString> {
+    async fn assertion(&self) -> Result<SecretString> {
         match &self.assertion {
             Assertion::Signed {
                 account,
@@ -269,6 +349,24 @@ impl JwtBearer {
                 jti,
             } => self.sign(account, subject.as_deref(), *jti),
             Assertion::File(path) => read_assertion(path),
+            Assertion::Key {
+                signer,
+                issuer,
+                subject,
+                claims,
+            } => {
+                let mut jws = Jws::new(KEY_ASSERTION_LIFETIME)?
+                    .extra(claims)
+                    .claim("iss", issuer.as_str())
+                    .claim(
+                        "aud",
+                        self.audience.as_deref().unwrap_or(self.endpoint.url()),
+                    );
+                if let Some(subject) = subject {
+                    jws = jws.claim("sub", subject.as_str());
+                }
+                keys::mint(&**signer, jws, self.endpoint.request_timeout()).await
+            }
         }
     }
 
@@ -338,12 +436,29 @@ impl TokenSource for JwtBearer {
                 .optional(subject.as_deref())
                 .part(account.expose_secret()),
             Assertion::File(path) => key.part("file").part(path.as_os_str().as_encoded_bytes()),
+            Assertion::Key {
+                signer,
+                issuer,
+                subject,
+                claims,
+            } => {
+                let mut key = key
+                    .part("key")
+                    .part(signer.algorithm().name())
+                    .optional(signer.key_id())
+                    .part(issuer)
+                    .optional(subject.as_deref());
+                for (name, value) in claims {
+                    key = key.part(name).part(value.to_string());
+                }
+                key
+            }
         };
         Some(key.finish())
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
-        let assertion = self.assertion()?;
+        let assertion = self.assertion().await?;
         let scope = self.scopes.join(" ");
         let mut request = self
             .endpoint
@@ -374,6 +489,16 @@ impl fmt::Debug for JwtBearer {
                 .field("subject", subject)
                 .field("jti", jti),
             Assertion::File(path) => s.field("assertion_file", path),
+            Assertion::Key {
+                signer,
+                issuer,
+                subject,
+                claims,
+            } => s
+                .field("signer", signer)
+                .field("issuer", issuer)
+                .field("subject", subject)
+                .field("claims", &claims.iter().map(|(n, _)| n).collect::<Vec<_>>()),
         };
         s.field("endpoint", &self.endpoint)
             .field("audience", &self.audience)
@@ -394,5 +519,5 @@ pub(crate) fn install_crypto_provider() {
 }
 
 fn random_jti() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    keys::random_jti()
 }

@@ -2,6 +2,7 @@
 //! builds its form and sends it through the shared [`TokenEndpoint`](crate::TokenEndpoint).
 
 pub(crate) mod client_credentials;
+pub(crate) mod google;
 pub(crate) mod jwt_bearer;
 
 /// Splits scopes given as one space-separated string or one at a time, and appends them.
