@@ -289,6 +289,23 @@ impl Metrics {
         let _ = revoked;
     }
 
+    /// A call to the token store worked (`true`) or failed or timed out (`false`).
+    pub(crate) fn store_call(&self, ok: bool) {
+        #[cfg(feature = "metrics")]
+        {
+            metrics::gauge!("token_refresh_store_ok", "provider" => self.provider.clone())
+                .set(if ok { 1.0 } else { 0.0 });
+            if !ok {
+                metrics::counter!(
+                    "token_refresh_store_errors_total",
+                    "provider" => self.provider.clone()
+                )
+                .increment(1);
+            }
+        }
+        let _ = ok;
+    }
+
     /// A request is resent with a fresh token.
     pub(crate) fn resend(&self) {
         #[cfg(feature = "metrics")]
@@ -329,6 +346,15 @@ fn describe() {
         "token_refresh_resends_total",
         Unit::Count,
         "Requests resent with a fresh token after a rejection"
+    );
+    describe_gauge!(
+        "token_refresh_store_ok",
+        "With a token store: 1 while its last call worked, 0 while it fails or times out"
+    );
+    describe_counter!(
+        "token_refresh_store_errors_total",
+        Unit::Count,
+        "Token store calls that failed or timed out (the provider fetched without the store)"
     );
     describe_gauge!(
         "token_refresh_token_expires_at_seconds",

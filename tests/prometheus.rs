@@ -10,9 +10,43 @@ use httpmock::prelude::*;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use reqwest_middleware::ClientBuilder;
 use token_refresh::health::{REFRESH_DURATION_BUCKETS, REFRESH_DURATION_METRIC};
+use token_refresh::store::{StoreConfig, StoreError, TokenStore};
 use token_refresh::{AuthMiddleware, TokenProvider};
 
-const METRICS: [&str; 7] = [
+/// A store that is down: every call fails.
+#[derive(Debug)]
+struct Down;
+
+#[async_trait::async_trait]
+impl TokenStore for Down {
+    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Err("connection refused".into())
+    }
+    async fn put(&self, _: &str, _: &[u8], _: std::time::Duration) -> Result<(), StoreError> {
+        Err("connection refused".into())
+    }
+    async fn delete_if(&self, _: &str, _: &[u8]) -> Result<bool, StoreError> {
+        Err("connection refused".into())
+    }
+    async fn try_lease(
+        &self,
+        _: &str,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Err("connection refused".into())
+    }
+    async fn release(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err("connection refused".into())
+    }
+    fn sealing(&self) -> StoreConfig {
+        StoreConfig::plaintext()
+    }
+}
+
+const METRICS: [&str; 9] = [
+    "token_refresh_store_ok",
+    "token_refresh_store_errors_total",
     "token_refresh_ready",
     "token_refresh_token_requests_total",
     "token_refresh_refresh_duration_seconds",
@@ -61,8 +95,32 @@ async fn the_prometheus_exporter_renders_help_lines_buckets_and_ready() {
     assert_eq!(response.status(), 401);
     assert_eq!(total_calls(&tokens).await, 2);
 
+    // A provider whose store is down still gets its token, and the store's state shows.
+    let fleet = TokenProvider::builder(|| async {
+        token_refresh::AccessToken::new("without-store", std::time::Duration::from_secs(60))
+    })
+    .name("fleet")
+    .store(Down)
+    .store_key("prometheus-test")
+    .try_build()
+    .unwrap();
+    assert_eq!(
+        fleet.token().await.unwrap().expose_secret(),
+        "without-store"
+    );
+
     let text = handle.render();
     println!("{text}");
+    assert!(
+        text.contains(r#"token_refresh_store_ok{provider="fleet"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            .starts_with(r#"token_refresh_store_errors_total{provider="fleet"}"#)
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
     for name in METRICS {
         assert!(
             text.lines()

@@ -251,6 +251,7 @@ impl TokenProviderBuilder {
             lease_ttl: self.store_lease_ttl,
             timeout: self.store_timeout,
             healthy: true.into(),
+            metrics: None,
             entries: Default::default(),
         }))
     }

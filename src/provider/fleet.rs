@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::health::Metrics;
 use crate::store::{Sealer, StoreError, TokenStore, decode, encode};
 use crate::token::AccessToken;
 
@@ -35,6 +36,8 @@ pub(super) struct Fleet {
     pub(super) timeout: Duration,
     /// Whether the last store call worked: one WARN per outage, and for `Health`.
     pub(super) healthy: AtomicBool,
+    /// The provider's metrics, set when the provider is built.
+    pub(super) metrics: Option<Metrics>,
     /// The stored entry of the cached token (as stored or loaded), and of a token rejected
     /// since, which the next refresh removes from the store if it is still there.
     pub(super) entries: Mutex<Entries>,
@@ -59,12 +62,18 @@ impl Fleet {
         };
         match result {
             Ok(value) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.store_call(true);
+                }
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(key = %self.key, "the token store answers again");
                 }
                 Some(value)
             }
             Err(error) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.store_call(false);
+                }
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
                         key = %self.key,

@@ -248,10 +248,15 @@ impl Inner {
         config: Config,
         fleet: std::result::Result<Option<Fleet>, Error>,
     ) -> Self {
-        let (fleet, misconfigured) = match fleet {
+        let (mut fleet, misconfigured) = match fleet {
             Ok(fleet) => (fleet, None),
             Err(error) => (None, Some(error)),
         };
+        if let Some(fleet) = &mut fleet {
+            // The store gauge, too, exists from the start: healthy until a call fails.
+            metrics.store_call(true);
+            fleet.metrics = Some(metrics.clone());
+        }
         // The `ready` gauge exists from the start, so a dashboard sees a provider that never
         // got a token.
         metrics.ready(false);
