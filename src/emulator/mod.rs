@@ -201,6 +201,12 @@ pub struct Stats {
     pub grpc_unauthenticated: u64,
 }
 
+/// The built-in Google service account of [`Emulator::google_key_file`]: a key made for the
+/// emulator, public by being here.
+const GOOGLE_KEY_PEM: &str = include_str!("google-service-account.pem");
+const GOOGLE_KEY_ID: &str = "emulator-google-key-1";
+const GOOGLE_EMAIL: &str = "emulator@emulator.iam.gserviceaccount.com";
+
 /// State shared by the handle and the connection tasks.
 struct Shared {
     account: ServiceAccount,
@@ -269,6 +275,23 @@ impl Emulator {
             .keys
             .register(issuer.into(), jwk)
             .map_err(|problem| crate::Error::Config(format!("emulator: {problem}")))
+    }
+
+    /// A Google service account key file (the JSON Google issues) for this emulator: its
+    /// `token_uri` is the emulator's and its RSA key is registered, so
+    /// [`JwtBearer::google_service_account`](crate::JwtBearer::google_service_account) gets
+    /// tokens offline. The key is built into the emulator and public: never use it elsewhere.
+    pub fn google_key_file(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "service_account",
+            "project_id": "emulator",
+            "private_key_id": GOOGLE_KEY_ID,
+            "private_key": GOOGLE_KEY_PEM,
+            "client_email": GOOGLE_EMAIL,
+            "client_id": "100000000000000000001",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": self.token_url(),
+        })
     }
 
     /// Checks the `jti` of assertions signed with registered keys and of client assertions:
@@ -515,6 +538,16 @@ impl EmulatorBuilder {
             revocations: watch::Sender::new(0),
             closes: watch::Sender::new(0),
         });
+        let google = crate::SigningKey::from_pem(GOOGLE_KEY_PEM)
+            .expect("the built-in key parses")
+            .key_id(GOOGLE_KEY_ID);
+        shared
+            .keys
+            .register(
+                GOOGLE_EMAIL.to_owned(),
+                &google.public_jwk().expect("an RSA key has a public part"),
+            )
+            .expect("the built-in key registers");
         let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
         let ticker = tokio::spawn(events::run_ticker(events, devices, interval_changes));
         tracing::debug!(%addr, "emulator: listening");

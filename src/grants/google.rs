@@ -34,15 +34,30 @@ impl JwtBearer {
     /// not RSA or a `token_uri` that is not https (loopback hosts excepted, for emulators)
     /// is an [`Error::CredentialsFile`] naming the file and the field.
     ///
-    /// ```no_run
+    /// Against the emulator, which plays Google's token endpoint with a key file of its own:
+    ///
+    /// ```
+    /// # #[cfg(feature = "emulator")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh::emulator::Emulator;
     /// use token_refresh::{JwtBearer, TokenProvider};
     ///
+    /// let emulator = Emulator::start().await?;
+    /// // In production: the file Google issued, e.g. from GOOGLE_APPLICATION_CREDENTIALS.
+    /// let path = std::env::temp_dir().join(format!("sa-doc-{}.json", std::process::id()));
+    /// std::fs::write(&path, emulator.google_key_file().to_string())?;
+    ///
     /// let source = JwtBearer::google_service_account(
-    ///     "/etc/secrets/sa.json",
+    ///     &path,
     ///     ["https://www.googleapis.com/auth/cloud-platform"],
     /// )?;
     /// let provider = TokenProvider::new(source);
-    /// # Ok::<(), token_refresh::Error>(())
+    /// assert!(!provider.token().await?.expose_secret().is_empty());
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "emulator"))]
+    /// # fn main() {}
     /// ```
     pub fn google_service_account<S: AsRef<str>>(
         path: impl AsRef<Path>,

@@ -1,0 +1,235 @@
+//! A 10,000-caller cold herd with a Google-style RS256 service account, for token-refresh,
+//! gcp_auth 0.12 and yup-oauth2 12, against the same local token server, in one run.
+//!
+//! The token server accepts any JWT-bearer request after 100 ms (Google's token endpoint
+//! answers in about that) and counts requests. Each round builds a new client from the same
+//! key file (the key in `tests/keys/rsa-pkcs8.pem`, `token_uri` pointing at the server),
+//! releases 10,000 tasks together through a barrier on a cold cache, and measures each
+//! caller from the barrier to holding a token. The rounds alternate between the libraries.
+//!
+//! ```text
+//! cargo run --release --manifest-path benches/compare-google/Cargo.toml -- [callers] [rounds]
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// When the first token request of a round reached the server, and when the first caller
+/// left the barrier: how long a library takes to start its request.
+static ARRIVED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+static RELEASED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+const SERVER_LATENCY: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug)]
+enum Library {
+    TokenRefresh,
+    GcpAuth,
+    YupOauth2,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let callers: usize = args.next().map_or(10_000, |a| a.parse().expect("callers"));
+    let rounds: usize = args.next().map_or(5, |a| a.parse().expect("rounds"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(callers, rounds));
+}
+
+async fn run(callers: usize, rounds: usize) {
+    let (url, requests) = token_server().await;
+    let pem = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/keys/rsa-pkcs8.pem"),
+    )
+    .expect("the test key");
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "bench",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": "robot@bench.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": url,
+    })
+    .to_string();
+    let path = std::env::temp_dir().join(format!("compare-google-{}.json", std::process::id()));
+    std::fs::write(&path, &key).unwrap();
+
+    let libraries = [Library::TokenRefresh, Library::GcpAuth, Library::YupOauth2];
+    let mut results: Vec<(Library, Vec<u64>, Vec<Duration>)> = libraries
+        .iter()
+        .map(|l| (*l, Vec::new(), Vec::new()))
+        .collect();
+    for _ in 0..rounds {
+        for (library, counts, latencies) in &mut results {
+            let before = requests.load(Ordering::SeqCst);
+            *ARRIVED.lock().unwrap() = None;
+            *RELEASED.lock().unwrap() = None;
+            latencies.extend(herd(*library, callers, &key, &path).await);
+            let (a, r) = (
+                ARRIVED.lock().unwrap().unwrap(),
+                RELEASED.lock().unwrap().unwrap(),
+            );
+            eprintln!(
+                "{library:?}: first request reached the server {:.1} ms after the release",
+                ms(a.saturating_duration_since(r))
+            );
+            counts.push(requests.load(Ordering::SeqCst) - before);
+        }
+    }
+    println!(
+        "\n=== cold herd, {callers} callers × {rounds} rounds, RS256 service account, 100 ms token server ==="
+    );
+    let ours_p99 = p(&mut results[0].2.clone(), 0.99);
+    for (library, counts, latencies) in &mut results {
+        let p99 = p(latencies, 0.99);
+        println!(
+            "{:<13} token requests per round {:?}; caller latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; p99 ratio to token-refresh {:.2}",
+            format!("{library:?}"),
+            counts,
+            ms(p(latencies, 0.50)),
+            ms(p99),
+            ms(p(latencies, 1.0)),
+            p99.as_secs_f64() / ours_p99.as_secs_f64(),
+        );
+    }
+    std::fs::remove_file(&path).ok();
+}
+
+async fn herd(
+    library: Library,
+    callers: usize,
+    key: &str,
+    path: &std::path::Path,
+) -> Vec<Duration> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(callers));
+    let mut tasks = Vec::with_capacity(callers);
+    match library {
+        Library::TokenRefresh => {
+            let provider = token_refresh::TokenProvider::new(
+                token_refresh::JwtBearer::google_service_account(path, [SCOPE]).unwrap(),
+            );
+            for _ in 0..callers {
+                let (provider, barrier) = (provider.clone(), Arc::clone(&barrier));
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    RELEASED.lock().unwrap().get_or_insert(start);
+                    provider.token().await.expect("a token");
+                    start.elapsed()
+                }));
+            }
+        }
+        Library::GcpAuth => {
+            use gcp_auth::TokenProvider as _;
+            let provider = Arc::new(gcp_auth::CustomServiceAccount::from_json(key).unwrap());
+            for _ in 0..callers {
+                let (provider, barrier) = (Arc::clone(&provider), Arc::clone(&barrier));
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    RELEASED.lock().unwrap().get_or_insert(start);
+                    provider.token(&[SCOPE]).await.expect("a token");
+                    start.elapsed()
+                }));
+            }
+        }
+        Library::YupOauth2 => {
+            let account = yup_oauth2::parse_service_account_key(key).unwrap();
+            let auth = Arc::new(
+                yup_oauth2::ServiceAccountAuthenticator::builder(account)
+                    .build()
+                    .await
+                    .unwrap(),
+            );
+            for _ in 0..callers {
+                let (auth, barrier) = (Arc::clone(&auth), Arc::clone(&barrier));
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    RELEASED.lock().unwrap().get_or_insert(start);
+                    auth.token(&[SCOPE]).await.expect("a token");
+                    start.elapsed()
+                }));
+            }
+        }
+    }
+    let mut latencies = Vec::with_capacity(callers);
+    for task in tasks {
+        latencies.push(task.await.unwrap());
+    }
+    latencies
+}
+
+/// A permissive token endpoint: answers every POST with a fresh token after 100 ms, one
+/// request per connection, and counts requests.
+async fn token_server() -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0; 8192];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                ARRIVED.lock().unwrap().get_or_insert(Instant::now());
+                tokio::time::sleep(SERVER_LATENCY).await;
+                let body = format!(
+                    r#"{{"access_token":"ya29.bench-{n}","token_type":"Bearer","expires_in":3599}}"#
+                );
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+fn p(latencies: &mut [Duration], q: f64) -> Duration {
+    latencies.sort_unstable();
+    let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+    latencies[i.min(latencies.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
