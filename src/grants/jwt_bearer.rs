@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
@@ -15,7 +15,7 @@ use crate::credentials::ServiceAccount;
 use crate::dt;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
-use crate::keys::{self, IAT_BACKDATE, Jws, Signer};
+use crate::keys::{self, Jws, Signer};
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -380,19 +380,14 @@ impl JwtBearer {
         install_crypto_provider();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(account.key_id().to_owned());
-        let iat = SystemTime::now()
-            .checked_sub(IAT_BACKDATE)
-            .unwrap_or(UNIX_EPOCH)
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| Error::Signing("the system clock is before 1970".into()))?
-            .as_secs();
+        let iat = keys::backdated_iat()?;
         let claims = Claims {
             iss: account.email(),
             aud: self.audience.as_deref().unwrap_or(self.endpoint.url()),
             iat,
             exp: iat + ASSERTION_LIFETIME.as_secs(),
             sub: subject,
-            jti: jti.then(random_jti),
+            jti: jti.then(keys::random_jti),
         };
         let key = EncodingKey::from_secret(account.expose_secret().as_bytes());
         jsonwebtoken::encode(&header, &claims, &key)
@@ -516,8 +511,4 @@ pub(crate) fn install_crypto_provider() {
         // Err means a provider is installed already, by us or by the application: use it.
         let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
     });
-}
-
-fn random_jti() -> String {
-    keys::random_jti()
 }

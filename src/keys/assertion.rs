@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// How far `iat` is backdated: a server whose clock runs a little behind ours would otherwise
 /// reject the assertion as issued in the future.
-pub(crate) const IAT_BACKDATE: Duration = Duration::from_secs(5);
+const IAT_BACKDATE: Duration = Duration::from_secs(5);
 
 /// The claims of one JWT, with `iat`, `exp` and a random `jti` filled in by [`Jws::new`].
 pub(crate) struct Jws {
@@ -23,12 +23,7 @@ impl Jws {
     /// Claims issued now (backdated by [`IAT_BACKDATE`]) that expire `lifetime` later, with a
     /// fresh random `jti`, so that a server with replay checks accepts every retry.
     pub(crate) fn new(lifetime: Duration) -> Result<Self> {
-        let iat = SystemTime::now()
-            .checked_sub(IAT_BACKDATE)
-            .unwrap_or(UNIX_EPOCH)
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| Error::Signing("the system clock is before 1970".into()))?
-            .as_secs();
+        let iat = backdated_iat()?;
         let mut claims = Map::new();
         claims.insert("iat".into(), json!(iat));
         claims.insert("exp".into(), json!(iat + lifetime.as_secs()));
@@ -80,6 +75,16 @@ pub(crate) async fn mint(signer: &dyn Signer, jws: Jws, timeout: Duration) -> Re
     jwt.push('.');
     jwt.push_str(&URL_SAFE_NO_PAD.encode(signature));
     Ok(SecretString::from(jwt))
+}
+
+/// `iat` for an assertion signed now: Unix seconds, backdated by [`IAT_BACKDATE`].
+pub(crate) fn backdated_iat() -> Result<u64> {
+    Ok(SystemTime::now()
+        .checked_sub(IAT_BACKDATE)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Error::Signing("the system clock is before 1970".into()))?
+        .as_secs())
 }
 
 /// A random 128-bit `jti`, as hex.
