@@ -24,10 +24,6 @@ use crate::transport::{check_transport, origin_of, same_origin};
 /// The `client_assertion_type` of RFC 7523 §2.2.
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// Lifetime of a client assertion: it is used once, at once; RFC 7523 asks for a short one,
-/// OIDC servers (Entra, Okta) cap it at 5 to 10 minutes, Salesforce at 3.
-const CLIENT_ASSERTION_LIFETIME: Duration = Duration::from_secs(180);
-
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
 /// An OAuth2 token endpoint: where every grant sends its form POST.
@@ -332,21 +328,6 @@ impl<'a> TokenRequest<'a> {
     pub async fn send(mut self) -> Result<AccessToken> {
         ensure_io()?;
         let endpoint = self.endpoint;
-        if let Some((client_id, signer)) = self.client_assertion.take() {
-            let audience = endpoint
-                .assertion_audience
-                .as_deref()
-                .unwrap_or(&endpoint.url);
-            let jws = Jws::new(CLIENT_ASSERTION_LIFETIME)?
-                .claim("iss", client_id)
-                .claim("sub", client_id)
-                .claim("aud", audience);
-            let assertion = keys::mint(signer, jws, endpoint.timeout).await?;
-            self.append("client_id", client_id);
-            self.append("client_assertion_type", CLIENT_ASSERTION_TYPE);
-            self.append("client_assertion", assertion.expose_secret());
-            self.scrubber = std::mem::take(&mut self.scrubber).secret(assertion.expose_secret());
-        }
         let url = reqwest::Url::parse(&endpoint.url)
             .map_err(|e| Error::Config(format!("token URL {:?} is invalid: {e}", endpoint.url)))?;
         check_transport(
@@ -357,6 +338,22 @@ impl<'a> TokenRequest<'a> {
             self.allow_with,
         )?;
         let client = endpoint.client(&url)?;
+        // Signed only once the request can go: a KMS is not asked for a refused request.
+        if let Some((client_id, signer)) = self.client_assertion.take() {
+            let audience = endpoint
+                .assertion_audience
+                .as_deref()
+                .unwrap_or(&endpoint.url);
+            let jws = Jws::new(keys::ASSERTION_LIFETIME)?
+                .claim("iss", client_id)
+                .claim("sub", client_id)
+                .claim("aud", audience);
+            let assertion = keys::mint(signer, jws, endpoint.timeout).await?;
+            self.append("client_id", client_id);
+            self.append("client_assertion_type", CLIENT_ASSERTION_TYPE);
+            self.append("client_assertion", assertion.expose_secret());
+            self.scrubber = std::mem::take(&mut self.scrubber).secret(assertion.expose_secret());
+        }
         let body = SecretString::from(std::mem::take(&mut self.form));
         // A body that cannot be cloned: no client resends it to a 307/308's target.
         let stream = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from(

@@ -610,3 +610,27 @@ async fn jwt_simple_verifies_our_assertions() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_assertion_is_not_signed_for_a_request_that_cannot_go() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let signer = Broken {
+        hang: false,
+        calls: Arc::clone(&calls),
+    };
+    let source = ClientCredentials::with_client_auth(
+        "http://auth.example.com/oauth2/token",
+        "client",
+        ClientAuth::private_key_jwt(signer),
+    );
+    let error = TokenProvider::new(source).token().await.unwrap_err();
+    assert!(
+        matches!(error.last_attempt(), Error::InsecureTransport { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the KMS was asked for nothing"
+    );
+}

@@ -24,11 +24,6 @@ use crate::token::AccessToken;
 /// assertion is used once, immediately, so its length matters only for clock skew.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Lifetime of an assertion signed with a key ([`JwtBearer::signed_by`]): it is used once,
-/// at once, and the strictest servers (Salesforce) want `exp` within 3 minutes; Google and
-/// Okta accept up to an hour.
-pub(crate) const KEY_ASSERTION_LIFETIME: Duration = Duration::from_secs(180);
-
 /// What [`Error::InsecureTransport`] says would be sent, and how to allow it.
 const SENDING: &str = "the signed JWT assertion";
 const ALLOW_WITH: &str = "`JwtBearer::allow_http(true)`; for a provider from \
@@ -355,7 +350,7 @@ impl JwtBearer {
                 subject,
                 claims,
             } => {
-                let mut jws = Jws::new(KEY_ASSERTION_LIFETIME)?
+                let mut jws = Jws::new(keys::ASSERTION_LIFETIME)?
                     .extra(claims)
                     .claim("iss", issuer.as_str())
                     .claim(

@@ -14,6 +14,11 @@ use crate::error::{Error, Result};
 /// reject the assertion as issued in the future.
 const IAT_BACKDATE: Duration = Duration::from_secs(5);
 
+/// Lifetime (`exp - iat`) of the assertions signed with a [`Signer`]: one is used once, at
+/// once, so only clock skew needs room; RFC 7523 asks for a short one, the strictest servers
+/// (Salesforce) want `exp` within 3 minutes, Entra and Okta within 5 to 10, Google an hour.
+pub(crate) const ASSERTION_LIFETIME: Duration = Duration::from_secs(180);
+
 /// The claims of one JWT, with `iat`, `exp` and a random `jti` filled in by [`Jws::new`].
 pub(crate) struct Jws {
     claims: Map<String, Value>,

@@ -11,7 +11,7 @@ mod signing_key;
 
 use std::fmt;
 
-pub(crate) use assertion::{Jws, backdated_iat, mint, random_jti};
+pub(crate) use assertion::{ASSERTION_LIFETIME, Jws, backdated_iat, mint, random_jti};
 pub use signing_key::SigningKey;
 
 use crate::error::Result;
