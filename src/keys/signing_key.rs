@@ -262,26 +262,30 @@ impl SigningKey {
             return Ok(self.loaded());
         };
         let stamp = stamp(path)?;
-        if lock(current).0 == stamp {
-            return Ok(Arc::clone(&lock(current).1));
+        let (known, loaded) = {
+            let current = lock(current);
+            (current.0, Arc::clone(&current.1))
+        };
+        if known == stamp {
+            return Ok(loaded);
         }
         // A small file read once per assertion at most: not worth a blocking-pool hop.
-        let (stamp, loaded) = read_key_file(path)?;
-        if loaded.kind != lock(current).1.kind {
+        let (stamp, fresh) = read_key_file(path)?;
+        if fresh.kind != loaded.kind {
             return Err(Error::KeyFile {
                 path: path.clone(),
                 problem: format!(
                     "now holds {}, but it held {} and signs {}: a rotated key must be of the \
                      same type",
+                    fresh.kind.name(),
                     loaded.kind.name(),
-                    lock(current).1.kind.name(),
                     self.algorithm
                 ),
             });
         }
-        let loaded = Arc::new(loaded);
-        *lock(current) = (stamp, Arc::clone(&loaded));
-        Ok(loaded)
+        let fresh = Arc::new(fresh);
+        *lock(current) = (stamp, Arc::clone(&fresh));
+        Ok(fresh)
     }
 }
 
