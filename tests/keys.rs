@@ -515,6 +515,22 @@ fn private_jwks_are_read_and_public_ones_refused() {
     let mut mismatched = ec.clone();
     mismatched["x"] = ed["x"].clone();
     assert!(SigningKey::from_jwk(&mismatched.to_string()).is_err());
+    // An RSA JWK: the same key as its PEM, and its alg taken.
+    let rsa = SigningKey::from_jwk(&pem("rsa-private.jwk.json")).unwrap();
+    assert_eq!(rsa.signing_algorithm(), SigningAlgorithm::PS256);
+    let from_pem = SigningKey::from_pem(pem("rsa-pkcs8.pem"))
+        .unwrap()
+        .key_id("rsa-jwk")
+        .algorithm(SigningAlgorithm::PS256)
+        .unwrap();
+    assert_eq!(rsa.public_jwk(), from_pem.public_jwk());
+    let mut broken: serde_json::Value = serde_json::from_str(&pem("rsa-private.jwk.json")).unwrap();
+    broken["q"] = broken["p"].clone();
+    assert!(
+        SigningKey::from_jwk(&broken.to_string()).is_err(),
+        "p = q is no RSA key"
+    );
+
     let error = SigningKey::from_jwk(r#"{"kty":"EC","crv":"P-384","d":"AA"}"#).unwrap_err();
     assert!(error.to_string().contains("P-384"), "{error}");
 }
