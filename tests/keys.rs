@@ -531,6 +531,13 @@ fn private_jwks_are_read_and_public_ones_refused() {
         "p = q is no RSA key"
     );
 
+    // An oct JWK is an HMAC secret: HS256, no public part, never shown.
+    let oct =
+        SigningKey::from_jwk(r#"{"kty":"oct","kid":"h","k":"c2VjcmV0LXZhbHVlLTEyMzQ"}"#).unwrap();
+    assert_eq!(oct.signing_algorithm(), SigningAlgorithm::HS256);
+    assert!(oct.public_jwk().is_none());
+    assert!(!format!("{oct:?}").contains("c2VjcmV0"));
+
     let error = SigningKey::from_jwk(r#"{"kty":"EC","crv":"P-384","d":"AA"}"#).unwrap_err();
     assert!(error.to_string().contains("P-384"), "{error}");
 }
