@@ -45,6 +45,20 @@ fn keys() -> Vec<(SigningKey, SigningAlgorithm)> {
     ]
 }
 
+/// Two tokens in a row, each from a fresh assertion: with the emulator's replay check on, the
+/// second passes only if its `jti` is new.
+async fn two_tokens(provider: &TokenProvider, algorithm: SigningAlgorithm) {
+    let first = provider
+        .token()
+        .await
+        .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
+    provider.invalidate(&first);
+    provider
+        .token()
+        .await
+        .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
+}
+
 #[tokio::test]
 async fn jwt_bearer_with_every_algorithm_gets_a_token_from_the_emulator() {
     let emulator = Emulator::start().await.unwrap();
@@ -59,16 +73,7 @@ async fn jwt_bearer_with_every_algorithm_gets_a_token_from_the_emulator() {
                 .subject(ISSUER)
                 .claim("tenant", "t-1"),
         );
-        let first = provider
-            .token()
-            .await
-            .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
-        // A second assertion has a fresh jti: the replay check accepts it.
-        provider.invalidate(&first);
-        provider
-            .token()
-            .await
-            .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
+        two_tokens(&provider, algorithm).await;
     }
     let stats = emulator.stats();
     assert_eq!(stats.token_successes, 12);
@@ -161,16 +166,7 @@ async fn private_key_jwt_with_every_algorithm_and_client_secret_jwt_authenticate
             ClientAuth::private_key_jwt(key),
         )
         .scope("read:devices");
-        let provider = TokenProvider::new(source);
-        let first = provider
-            .token()
-            .await
-            .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
-        provider.invalidate(&first);
-        provider
-            .token()
-            .await
-            .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
+        two_tokens(&TokenProvider::new(source), algorithm).await;
     }
 
     let secret_jwt = ClientCredentials::with_client_auth(
@@ -216,6 +212,16 @@ struct Recording {
     last: std::sync::Mutex<Option<String>>,
 }
 
+impl Recording {
+    fn new(key: SigningKey) -> Self {
+        Self {
+            key,
+            calls: AtomicUsize::new(0),
+            last: Default::default(),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Signer for Recording {
     fn algorithm(&self) -> SigningAlgorithm {
@@ -246,11 +252,7 @@ async fn a_replayed_assertion_is_refused_when_replays_are_checked() {
     emulator
         .register_key(ISSUER, &key.public_jwk().unwrap())
         .unwrap();
-    let signer = Arc::new(Recording {
-        key,
-        calls: AtomicUsize::new(0),
-        last: Default::default(),
-    });
+    let signer = Arc::new(Recording::new(key));
     let source = JwtBearer::signed_by(emulator.token_url(), ISSUER, ArcSigner(Arc::clone(&signer)));
     TokenProvider::new(source).token().await.unwrap();
     let used = signer.last.lock().unwrap().clone().unwrap();
@@ -292,11 +294,7 @@ async fn a_kms_signer_is_called_once_per_token_request_not_per_caller() {
     emulator
         .register_key(ISSUER, &key.public_jwk().unwrap())
         .unwrap();
-    let signer = Arc::new(Recording {
-        key,
-        calls: AtomicUsize::new(0),
-        last: Default::default(),
-    });
+    let signer = Arc::new(Recording::new(key));
     let provider = TokenProvider::new(JwtBearer::signed_by(
         emulator.token_url(),
         ISSUER,
@@ -602,11 +600,7 @@ async fn jwt_simple_verifies_our_assertions() {
         emulator
             .register_key(ISSUER, &key.public_jwk().unwrap())
             .unwrap();
-        let signer = Arc::new(Recording {
-            key,
-            calls: AtomicUsize::new(0),
-            last: Default::default(),
-        });
+        let signer = Arc::new(Recording::new(key));
         let provider = TokenProvider::new(
             JwtBearer::signed_by(emulator.token_url(), ISSUER, ArcSigner(Arc::clone(&signer)))
                 .subject("subject-1"),
