@@ -8,6 +8,10 @@
 //! cargo run --example fleet --features redis -- --workers 8 --redis redis://127.0.0.1:6379/
 //! ```
 //!
+//! `--grant refresh` makes the workers share a refresh-token series instead (the
+//! emulator rotates refresh tokens and revokes a series whose refresh token is spent
+//! twice), and `--no-store` shows what happens to such a series without the store.
+//!
 //! Entries are sealed with a key this run makes up and hands to its workers in
 //! `TOKEN_REFRESH_STORE_KEY`. `--worker` runs one worker against a given `--token-url`
 //! (the account in the `DT_SERVICE_ACCOUNT_*` variables); the tests use it alone.
@@ -17,18 +21,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use token_refresh::emulator::Emulator;
 use token_refresh::store::RedisStore;
-use token_refresh::{JwtBearer, ServiceAccount, TokenProvider};
+use token_refresh::{JwtBearer, OAuthClient, RefreshToken, ServiceAccount, TokenProvider};
 
 const USAGE: &str = "usage: fleet --redis URL [--workers N] [--callers C] [--seconds S] [--ttl S]
+             [--grant jwt-bearer|refresh] [--no-store]
        fleet --worker --redis URL --token-url URL [--callers C] [--seconds S]
-             [--start-at-ms T] [--prefix P] [--lease-ttl-ms L]
+             [--start-at-ms T] [--prefix P] [--lease-ttl-ms L] [--grant G] [--no-store]
 
 Starts the emulator and N worker processes (default 8) that share tokens through Redis; each
 worker starts C concurrent callers (default 100), then calls for S seconds more (default 0).
 Prints `token requests: N`, as the emulator counted them. --ttl sets the emulator's token
-lifetime (default 3600 s).";
+lifetime (default 3600 s). --grant refresh shares a refresh-token series (the refresh token
+and the client in TOKEN_REFRESH_REFRESH_TOKEN, TOKEN_REFRESH_CLIENT_ID and
+TOKEN_REFRESH_CLIENT_SECRET for --worker) and also prints the refresh grants, invalid_grant
+answers and reuse detections; --no-store runs the workers without Redis.";
 
 const KEY_VAR: &str = "TOKEN_REFRESH_STORE_KEY";
+const REFRESH_TOKEN_VAR: &str = "TOKEN_REFRESH_REFRESH_TOKEN";
+const CLIENT_ID_VAR: &str = "TOKEN_REFRESH_CLIENT_ID";
+const CLIENT_SECRET_VAR: &str = "TOKEN_REFRESH_CLIENT_SECRET";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -42,6 +53,8 @@ struct Args {
     start_at_ms: Option<u64>,
     prefix: Option<String>,
     lease_ttl_ms: Option<u64>,
+    refresh: bool,
+    no_store: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -56,11 +69,14 @@ fn parse() -> Result<Args, String> {
         start_at_ms: None,
         prefix: None,
         lease_ttl_ms: None,
+        refresh: false,
+        no_store: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--worker" {
-            args.worker = true;
+        if flag == "--worker" || flag == "--no-store" {
+            args.worker |= flag == "--worker";
+            args.no_store |= flag == "--no-store";
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -81,6 +97,11 @@ fn parse() -> Result<Args, String> {
             "--start-at-ms" => args.start_at_ms = Some(number()?),
             "--prefix" => args.prefix = Some(value.clone()),
             "--lease-ttl-ms" => args.lease_ttl_ms = Some(number()?),
+            "--grant" => match value.as_str() {
+                "refresh" => args.refresh = true,
+                "jwt-bearer" => args.refresh = false,
+                other => return Err(format!("--grant: unknown grant {other}")),
+            },
             other => return Err(format!("unexpected argument {other}")),
         }
     }
@@ -99,15 +120,27 @@ fn unix_ms() -> u64 {
 
 async fn worker(args: Args) -> Result<(), String> {
     let token_url = args.token_url.clone().ok_or("--worker needs --token-url")?;
-    let account = ServiceAccount::from_env().map_err(|e| e.to_string())?;
-    let mut store = RedisStore::new(&args.redis)
-        .and_then(|s| s.encryption_key_from_env(KEY_VAR))
-        .map_err(|e| e.to_string())?;
-    if let Some(prefix) = &args.prefix {
-        store = store.key_prefix(prefix.clone());
+    let mut builder = if args.refresh {
+        let var = |name| std::env::var(name).map_err(|_| format!("{name} is not set"));
+        let client = OAuthClient::new(var(CLIENT_ID_VAR)?, var(CLIENT_SECRET_VAR)?);
+        TokenProvider::builder(RefreshToken::new(
+            token_url,
+            client,
+            var(REFRESH_TOKEN_VAR)?,
+        ))
+    } else {
+        let account = ServiceAccount::from_env().map_err(|e| e.to_string())?;
+        TokenProvider::builder(JwtBearer::new(account).token_url(token_url))
+    };
+    if !args.no_store {
+        let mut store = RedisStore::new(&args.redis)
+            .and_then(|s| s.encryption_key_from_env(KEY_VAR))
+            .map_err(|e| e.to_string())?;
+        if let Some(prefix) = &args.prefix {
+            store = store.key_prefix(prefix.clone());
+        }
+        builder = builder.store(store);
     }
-    let mut builder =
-        TokenProvider::builder(JwtBearer::new(account).token_url(token_url)).store(store);
     if let Some(ms) = args.lease_ttl_ms {
         builder = builder.store_timeouts(
             Duration::from_millis(ms),
@@ -151,9 +184,17 @@ async fn fleet(args: Args) -> Result<(), String> {
     // Every worker starts its callers at this instant: a cold fleet, all at once.
     let start_at = unix_ms() + 1_500;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let refresh_token = emulator.issue_refresh_token();
     let mut children = Vec::new();
     for _ in 0..args.workers {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        if args.refresh {
+            command.args(["--grant", "refresh"]);
+        }
+        if args.no_store {
+            command.arg("--no-store");
+        }
+        let child = command
             .args([
                 "--worker",
                 "--redis",
@@ -168,6 +209,9 @@ async fn fleet(args: Args) -> Result<(), String> {
             .env("DT_SERVICE_ACCOUNT_EMAIL", account.email())
             .env("DT_SERVICE_ACCOUNT_SECRET", account.expose_secret())
             .env(KEY_VAR, &key)
+            .env(REFRESH_TOKEN_VAR, &refresh_token)
+            .env(CLIENT_ID_VAR, emulator.client_id())
+            .env(CLIENT_SECRET_VAR, emulator.client_secret())
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start a worker: {e}"))?;
@@ -184,8 +228,14 @@ async fn fleet(args: Args) -> Result<(), String> {
             failed += 1;
         }
     }
+    let stats = emulator.stats();
     println!("workers: {}, failed: {failed}", args.workers);
-    println!("token requests: {}", emulator.stats().token_successes);
+    println!("token requests: {}", stats.token_successes);
+    if args.refresh {
+        println!("refresh grants: {}", stats.refresh_token_grants);
+        println!("invalid_grant: {}", stats.invalid_grants);
+        println!("reuse detections: {}", stats.refresh_token_reuses);
+    }
     if failed > 0 {
         return Err(format!("{failed} workers failed"));
     }

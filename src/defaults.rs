@@ -131,3 +131,15 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// this and one fetch. A holder that retries for longer may see a second process take over:
 /// one extra token request, never a storm.
 pub const DEFAULT_STORE_LEASE_TTL: Duration = Duration::from_secs(40);
+
+/// How long a stored refresh token is kept after its last rotation
+/// ([`RefreshToken::stored_for`](crate::RefreshToken::stored_for)): Entra's and Okta's
+/// default refresh-token lifetime (90 days of inactivity), past which servers refuse it
+/// anyway.
+pub const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How long discovered server metadata is used before it is fetched again
+/// ([`TokenEndpoint::discovery_ttl`](crate::TokenEndpoint::discovery_ttl)). One fetch an
+/// hour costs nothing next to the token requests it serves, and a token endpoint that moves
+/// is found within the hour; a failed re-fetch keeps the old metadata.
+pub const DEFAULT_DISCOVERY_TTL: Duration = Duration::from_secs(3600);

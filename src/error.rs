@@ -258,6 +258,58 @@ pub enum Error {
          `enable_io()` or `enable_all()`"
     )]
     IoDisabled,
+
+    /// The token store that holds a grant's fleet-wide state (a rotating refresh token)
+    /// failed; the grant spent nothing rather than risk a refresh token another process may
+    /// have spent. Transient.
+    #[error("the token store failed: {0}")]
+    Store(String),
+
+    /// The refresh token was refused for good (`invalid_grant`: expired, revoked, or spent
+    /// by someone else): the user or client must authorize again and start a new series.
+    #[error(
+        "the refresh token was refused ({error}{}): authorize again to get a new refresh token",
+        fmt_description(description.as_deref())
+    )]
+    ReauthorizationNeeded {
+        /// The OAuth2 `error` the server sent, `invalid_grant`.
+        error: String,
+        /// The server's `error_description`, scrubbed.
+        description: Option<String>,
+    },
+
+    /// The subject (or actor) token of a token exchange could not be had.
+    #[error("subject token from {from}: {problem}")]
+    SubjectToken {
+        /// Where it was read: a file's path, `GitHub Actions`, or the source's name.
+        from: String,
+        /// What went wrong, e.g. "the file is empty".
+        problem: String,
+        /// Whether trying again later may help (a file being rewritten, a 5xx).
+        transient: bool,
+    },
+
+    /// An authorization server's metadata (RFC 8414 / OpenID discovery) could not be had or
+    /// is unusable.
+    #[error("discovery for issuer {issuer}: {problem}")]
+    Discovery {
+        /// The issuer asked for.
+        issuer: String,
+        /// What went wrong.
+        problem: String,
+        /// Whether trying again later may help (a timeout, a 5xx).
+        transient: bool,
+    },
+
+    /// The metadata document names another issuer than the one asked for (RFC 8414 §3.3):
+    /// refused, as a mix-up attack or a misconfiguration would look.
+    #[error("the metadata of issuer {expected} names issuer {found}: refused (RFC 8414 §3.3)")]
+    IssuerMismatch {
+        /// The issuer asked for.
+        expected: String,
+        /// The issuer the document names.
+        found: String,
+    },
 }
 
 fn plural(n: usize) -> &'static str {
@@ -312,7 +364,10 @@ impl Error {
                 transient_status(*status)
                     || matches!(error.as_str(), "temporarily_unavailable" | "slow_down")
             }
-            Self::Source { transient, .. } => *transient,
+            Self::Source { transient, .. }
+            | Self::SubjectToken { transient, .. }
+            | Self::Discovery { transient, .. } => *transient,
+            Self::Store(_) => true,
             Self::Retried { last, .. } => last.is_transient(),
             _ => false,
         }
@@ -329,7 +384,7 @@ impl Error {
     /// The OAuth2 `error` code of an [`Error::OAuth`], e.g. `invalid_grant`.
     pub fn oauth_error(&self) -> Option<&str> {
         match self.last_attempt() {
-            Self::OAuth { error, .. } => Some(error),
+            Self::OAuth { error, .. } | Self::ReauthorizationNeeded { error, .. } => Some(error),
             _ => None,
         }
     }

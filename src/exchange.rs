@@ -13,11 +13,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::defaults::{
-    CONNECT_TIMEOUT, DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT, MAX_EXPIRES_IN,
-    MAX_RESPONSE_BYTES,
+    CONNECT_TIMEOUT, DEFAULT_DISCOVERY_TTL, DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT,
+    MAX_EXPIRES_IN, MAX_RESPONSE_BYTES,
 };
 use crate::error::{Error, Result, Scrubber};
 use crate::keys::{self, Jws, Signer};
+use crate::metadata::{Discovery, ServerMetadata};
 use crate::token::{AccessToken, is_b64token};
 use crate::transport::{check_transport, origin_of, same_origin};
 
@@ -115,6 +116,8 @@ pub struct TokenEndpoint {
     timeout: Duration,
     assertion_audience: Option<String>,
     client: Arc<OnceLock<reqwest::Client>>,
+    /// Set for [`discover`](Self::discover): the token URL comes from the metadata.
+    discovery: Option<Arc<Discovery>>,
 }
 
 impl TokenEndpoint {
@@ -126,6 +129,146 @@ impl TokenEndpoint {
             timeout: DEFAULT_REQUEST_TIMEOUT,
             assertion_audience: None,
             client: Arc::new(OnceLock::new()),
+            discovery: None,
+        }
+    }
+
+    /// The token endpoint of the authorization server `issuer`, found in its metadata
+    /// (RFC 8414's `/.well-known/oauth-authorization-server`, then OpenID Connect's
+    /// `/.well-known/openid-configuration`) at the first token request, and fetched again
+    /// only after [`discovery_ttl`](Self::discovery_ttl). The document must name `issuer`
+    /// exactly, or every request fails with [`Error::IssuerMismatch`] (the mix-up defence
+    /// of RFC 8414 §3.3). Does no I/O.
+    ///
+    /// ```
+    /// # #[cfg(feature = "emulator")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh::{ClientCredentials, TokenEndpoint, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let endpoint = TokenEndpoint::discover(emulator.issuer());
+    /// let metadata = endpoint.metadata().await?.expect("a discovered endpoint");
+    /// assert_eq!(metadata.token_endpoint(), emulator.token_url());
+    ///
+    /// let source = ClientCredentials::new(endpoint, emulator.client_id(), emulator.client_secret());
+    /// TokenProvider::new(source).token().await?;
+    /// assert_eq!(emulator.stats().discovery_requests, 1); // cached, not fetched per request
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "emulator"))]
+    /// # fn main() {}
+    /// ```
+    pub fn discover(issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        Self {
+            discovery: Some(Arc::new(Discovery::new(
+                issuer.clone(),
+                DEFAULT_DISCOVERY_TTL,
+            ))),
+            ..Self::new(issuer)
+        }
+    }
+
+    /// How long discovered metadata is used before it is fetched again; a re-fetch that
+    /// fails transiently keeps the old metadata. No effect on an endpoint that was not
+    /// [discovered](Self::discover). Default:
+    /// [`DEFAULT_DISCOVERY_TTL`](crate::defaults::DEFAULT_DISCOVERY_TTL) (1 hour).
+    pub fn discovery_ttl(mut self, ttl: Duration) -> Self {
+        if let Some(discovery) = &self.discovery {
+            self.discovery = Some(Arc::new(Discovery::new(discovery.issuer.clone(), ttl)));
+        }
+        self
+    }
+
+    /// The authorization server's metadata for a [discovered](Self::discover) endpoint
+    /// (fetched now if it is not cached), `None` for one built from a URL.
+    pub async fn metadata(&self) -> Result<Option<Arc<ServerMetadata>>> {
+        match &self.discovery {
+            Some(discovery) => discovery.metadata(self).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The token URL now: from the metadata for a discovered endpoint.
+    async fn target(&self) -> Result<String> {
+        match &self.discovery {
+            Some(discovery) => Ok(discovery.metadata(self).await?.token_endpoint().to_owned()),
+            None => Ok(self.url.clone()),
+        }
+    }
+
+    /// A GET for a JSON object (server metadata, a CI token service), with the endpoint's
+    /// client, timeout, transport rules and size cap; `bearer` is sent as a sensitive
+    /// `Authorization`.
+    pub(crate) async fn get_json(
+        &self,
+        url: &reqwest::Url,
+        bearer: Option<&str>,
+    ) -> std::result::Result<Value, GetError> {
+        let fail = |problem: String, transient: bool| GetError {
+            problem,
+            transient,
+            status: None,
+        };
+        ensure_io().map_err(|e| fail(e.to_string(), false))?;
+        check_transport(
+            Some(url.scheme()),
+            url.host_str(),
+            self.allow_http,
+            "the request",
+            "`allow_http(true)`",
+        )
+        .map_err(|e| fail(e.to_string(), false))?;
+        let client = self.client(url).map_err(|e| fail(e.to_string(), false))?;
+        let mut request = client
+            .get(url.clone())
+            .header(ACCEPT, "application/json")
+            .timeout(self.timeout);
+        if let Some(bearer) = bearer {
+            let mut value = HeaderValue::try_from(format!("Bearer {bearer}"))
+                .map_err(|_| fail("the bearer token cannot be sent in a header".into(), false))?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| fail(self.transport_error(&e).to_string(), true))?;
+        let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            return Err(fail(
+                format!("HTTP {status}: redirects are not followed"),
+                false,
+            ));
+        }
+        if !response.status().is_success() {
+            return Err(GetError {
+                problem: format!("HTTP {status}"),
+                transient: Error::HttpStatus {
+                    status,
+                    retry_after: None,
+                }
+                .is_transient(),
+                status: Some(status),
+            });
+        }
+        let body = match read_capped(response, MAX_RESPONSE_BYTES).await {
+            Ok(body) => body,
+            Err(ReadError::TooLarge) => {
+                return Err(fail(
+                    format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
+                    false,
+                ));
+            }
+            Err(ReadError::Http(e)) => {
+                return Err(fail(self.transport_error(&e).to_string(), true));
+            }
+        };
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(json @ Value::Object(_)) => Ok(json),
+            Ok(_) => Err(fail("the answer is not a JSON object".into(), false)),
+            Err(e) => Err(fail(format!("the answer is not JSON: {e}"), false)),
         }
     }
 
@@ -165,7 +308,7 @@ impl TokenEndpoint {
         }
     }
 
-    /// The token URL.
+    /// The token URL; for a [discovered](Self::discover) endpoint, the issuer.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -189,6 +332,7 @@ impl TokenEndpoint {
             basic: None,
             client_assertion: None,
             scrubber: Scrubber::default(),
+            not_applicable: false,
             sending: "the token request's credentials",
             allow_with: "`TokenEndpoint::allow_http(true)`",
         }
@@ -223,6 +367,27 @@ impl TokenEndpoint {
     }
 }
 
+impl From<String> for TokenEndpoint {
+    /// [`TokenEndpoint::new`].
+    fn from(url: String) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&str> for TokenEndpoint {
+    /// [`TokenEndpoint::new`].
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&String> for TokenEndpoint {
+    /// [`TokenEndpoint::new`].
+    fn from(url: &String) -> Self {
+        Self::new(url.as_str())
+    }
+}
+
 impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenEndpoint")
@@ -240,6 +405,7 @@ pub struct TokenRequest<'a> {
     basic: Option<SecretString>,
     client_assertion: Option<(&'a str, &'a dyn Signer)>,
     scrubber: Scrubber,
+    not_applicable: bool,
     sending: &'static str,
     allow_with: &'static str,
 }
@@ -325,11 +491,19 @@ impl<'a> TokenRequest<'a> {
     /// with nothing sent, [`Error::Config`] for a URL that does not parse or
     /// [`Error::InsecureTransport`] for plain http to a host that is not loopback. The
     /// token's lifetime counts from when the request was sent.
-    pub async fn send(mut self) -> Result<AccessToken> {
+    pub async fn send(self) -> Result<AccessToken> {
+        self.send_response().await.map(TokenResponse::into_token)
+    }
+
+    /// [`send`](Self::send), returning the whole answer: the token and, where the server
+    /// sent them, a `refresh_token`, an `issued_token_type` (RFC 8693) and the granted
+    /// `scope`.
+    pub async fn send_response(mut self) -> Result<TokenResponse> {
         ensure_io()?;
         let endpoint = self.endpoint;
-        let url = reqwest::Url::parse(&endpoint.url)
-            .map_err(|e| Error::Config(format!("token URL {:?} is invalid: {e}", endpoint.url)))?;
+        let target = endpoint.target().await?;
+        let url = reqwest::Url::parse(&target)
+            .map_err(|e| Error::Config(format!("token URL {target:?} is invalid: {e}")))?;
         check_transport(
             Some(url.scheme()),
             url.host_str(),
@@ -340,10 +514,7 @@ impl<'a> TokenRequest<'a> {
         let client = endpoint.client(&url)?;
         // Signed only once the request can go: a KMS is not asked for a refused request.
         if let Some((client_id, signer)) = self.client_assertion.take() {
-            let audience = endpoint
-                .assertion_audience
-                .as_deref()
-                .unwrap_or(&endpoint.url);
+            let audience = endpoint.assertion_audience.as_deref().unwrap_or(&target);
             let jws = Jws::new(keys::ASSERTION_LIFETIME)?
                 .claim("iss", client_id)
                 .claim("sub", client_id)
@@ -405,7 +576,63 @@ impl<'a> TokenRequest<'a> {
             }
             Err(ReadError::Http(e)) => return Err(endpoint.transport_error(&e)),
         };
-        parse_response(status, retry_after, &body, sent_at, &self.scrubber)
+        parse_full(
+            status,
+            retry_after,
+            &body,
+            sent_at,
+            &self.scrubber,
+            self.not_applicable,
+        )
+    }
+
+    /// Accepts `token_type` `N_A` (RFC 8693 §2.2.1: the issued token is not an access
+    /// token, e.g. an ID token from a token exchange); it is sent as a bearer token.
+    pub(crate) fn accept_not_applicable(mut self) -> Self {
+        self.not_applicable = true;
+        self
+    }
+}
+
+/// A token endpoint's whole answer: from [`TokenRequest::send_response`].
+pub struct TokenResponse {
+    token: AccessToken,
+    refresh_token: Option<SecretString>,
+    scope: Option<String>,
+}
+
+impl TokenResponse {
+    /// The access token (with its `issued_token_type`, if the server sent one).
+    pub fn token(&self) -> &AccessToken {
+        &self.token
+    }
+
+    /// The access token, without the rest.
+    pub fn into_token(self) -> AccessToken {
+        self.token
+    }
+
+    /// The `refresh_token` the server sent, if any: a secret.
+    pub fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The `scope` the server granted, if it said (RFC 6749 §5.1).
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+impl fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token", &self.token)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("scope", &self.scope)
+            .finish()
     }
 }
 
@@ -428,6 +655,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A failed [`TokenEndpoint::get_json`]: what to say, whether to try again, the status.
+pub(crate) struct GetError {
+    pub(crate) problem: String,
+    pub(crate) transient: bool,
+    pub(crate) status: Option<u16>,
 }
 
 enum ReadError {
@@ -492,6 +726,18 @@ pub(crate) fn parse_response(
     sent_at: Instant,
     scrubber: &Scrubber,
 ) -> Result<AccessToken> {
+    parse_full(status, retry_after, body, sent_at, scrubber, false).map(TokenResponse::into_token)
+}
+
+/// [`parse_response`] keeping the whole answer; `not_applicable` accepts `token_type` `N_A`.
+fn parse_full(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    sent_at: Instant,
+    scrubber: &Scrubber,
+    not_applicable: bool,
+) -> Result<TokenResponse> {
     let success = (200..300).contains(&status);
     let json = serde_json::from_slice::<Value>(body);
     let object = match &json {
@@ -545,13 +791,31 @@ pub(crate) fn parse_response(
     };
     match object.get("token_type") {
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) if not_applicable && t == "N_A" => {}
         Some(Value::String(t)) => return Err(Error::UnsupportedTokenType(scrubber.text(t))),
         Some(_) => return Err(invalid("token_type", "it is not a string")),
         None => return Err(Error::MissingField("token_type")),
     }
     let expires_in = parse_expires_in(object.get("expires_in"))?;
-    AccessToken::issued_at(access_token.as_str(), sent_at, expires_in)
-        .map_err(|_| invalid("access_token", "it cannot be sent in an HTTP header"))
+    let text = |field: &'static str| match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(invalid(field, "it is empty")),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(invalid(field, "it is not a string")),
+    };
+    let refresh_token = text("refresh_token")?.map(|s| SecretString::from(s.to_owned()));
+    let issued_token_type = text("issued_token_type")?;
+    let scope = text("scope")?.map(|s| scrubber.text(s));
+    let mut token = AccessToken::issued_at(access_token.as_str(), sent_at, expires_in)
+        .map_err(|_| invalid("access_token", "it cannot be sent in an HTTP header"))?;
+    if let Some(kind) = issued_token_type {
+        token = token.with_issued_token_type(scrubber.text(kind));
+    }
+    Ok(TokenResponse {
+        token,
+        refresh_token,
+        scope,
+    })
 }
 
 /// [`parse_response`] without secrets to scrub, for the property tests.

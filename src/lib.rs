@@ -176,6 +176,7 @@ pub mod health;
 mod keys;
 #[cfg(feature = "tower")]
 mod layer;
+mod metadata;
 #[cfg(feature = "reqwest")]
 mod middleware;
 #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
@@ -186,6 +187,7 @@ mod quiet_panic;
 mod replay;
 mod source;
 pub mod store;
+pub use metadata::ServerMetadata;
 mod token;
 mod transport;
 
@@ -195,10 +197,16 @@ pub use credentials::parse_credentials_json;
 pub use error::{Error, Result};
 #[doc(hidden)]
 pub use exchange::parse_token_response;
-pub use exchange::{TokenEndpoint, TokenRequest};
+pub use exchange::{TokenEndpoint, TokenRequest, TokenResponse};
+pub use grants::client::OAuthClient;
 pub use grants::client_credentials::{ClientAuth, ClientCredentials};
 pub use grants::google::ENV_GOOGLE_APPLICATION_CREDENTIALS;
 pub use grants::jwt_bearer::JwtBearer;
+pub use grants::refresh_token::RefreshToken;
+pub use grants::token_exchange::{
+    ENV_ACTIONS_ID_TOKEN_REQUEST_TOKEN, ENV_ACTIONS_ID_TOKEN_REQUEST_URL, GitHubActionsToken,
+    SubjectTokenFile, SubjectTokenSource, TokenExchange, token_types,
+};
 pub use health::Health;
 pub use keys::{Signer, SigningAlgorithm, SigningKey};
 #[cfg(feature = "tower")]

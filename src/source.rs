@@ -38,6 +38,14 @@ pub trait TokenSource: Send + Sync + 'static {
     fn store_key(&self) -> Option<String> {
         None
     }
+
+    /// Called once, when a provider with a [token store](crate::store) is built, with that
+    /// store as this source may use it: for a source that keeps state of its own
+    /// fleet-wide, like [`RefreshToken`](crate::RefreshToken)'s rotating refresh token. The
+    /// default ignores it.
+    fn attach_store(&self, store: crate::store::SourceStore) {
+        let _ = store;
+    }
 }
 
 #[async_trait::async_trait]

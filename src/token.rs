@@ -35,6 +35,8 @@ struct Inner {
     /// rejection): the storm guard treats the rejection of a token that never worked as a
     /// sign that fresh tokens do not help.
     accepted: AtomicBool,
+    /// RFC 8693's `issued_token_type`, when a token exchange said what it issued.
+    issued_token_type: Option<Box<str>>,
 }
 
 impl AccessToken {
@@ -77,8 +79,30 @@ impl AccessToken {
                     .checked_add(expires_in)
                     .unwrap_or_else(|| issued_at + FAR_FUTURE),
                 accepted: AtomicBool::new(false),
+                issued_token_type: None,
             }),
         })
+    }
+
+    /// RFC 8693's `issued_token_type` of a token from a token exchange, e.g.
+    /// `urn:ietf:params:oauth:token-type:access_token`; `None` for other grants.
+    pub fn issued_token_type(&self) -> Option<&str> {
+        self.inner.issued_token_type.as_deref()
+    }
+
+    /// The same token, marked with the `issued_token_type` it was issued as.
+    pub(crate) fn with_issued_token_type(self, kind: impl Into<Box<str>>) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                value: inner.value.clone(),
+                header: inner.header.clone(),
+                issued_at: inner.issued_at,
+                expires_at: inner.expires_at,
+                accepted: AtomicBool::new(inner.accepted.load(Ordering::Relaxed)),
+                issued_token_type: Some(kind.into()),
+            }),
+        }
     }
 
     /// The token itself. Keep it out of logs.

@@ -16,24 +16,88 @@ use common::*;
 use token_refresh::store::RedisStore;
 use token_refresh::{AccessToken, JwtBearer, TokenProvider, TokenSource};
 
-/// Runs the `fleet` example and returns the token requests it printed.
-fn run_fleet(redis: &RedisServer, args: &[&str]) -> u64 {
+/// Runs the `fleet` example: whether it succeeded, its output (the workers' stderr too).
+fn fleet_output(redis: &RedisServer, args: &[&str]) -> (bool, String) {
     let output = example("fleet")
         .args(["--redis", &redis.url])
         .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "fleet failed: {stdout}{}",
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let count = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("token requests: "))
-        .unwrap_or_else(|| panic!("no count in {stdout}"));
-    count.trim().parse().unwrap()
+    (output.status.success(), text)
+}
+
+/// The number the fleet printed after `label`.
+fn printed(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs the `fleet` example and returns the token requests it printed.
+fn run_fleet(redis: &RedisServer, args: &[&str]) -> u64 {
+    let (ok, text) = fleet_output(redis, args);
+    assert!(ok, "fleet failed: {text}");
+    printed(&text, "token requests: ")
+}
+
+#[test]
+fn eight_processes_sharing_a_refresh_token_series_rotate_it_twenty_times_without_a_reuse() {
+    let redis = RedisServer::start();
+    // 1 s tokens are refreshed every 0.8 s: 18 s of calls make 20 and more rotations, each
+    // by whichever of the eight processes holds the lease.
+    let (ok, text) = fleet_output(
+        &redis,
+        &[
+            "--grant",
+            "refresh",
+            "--workers",
+            "8",
+            "--callers",
+            "10",
+            "--ttl",
+            "1",
+            "--seconds",
+            "18",
+        ],
+    );
+    println!("{text}");
+    assert!(ok, "a worker failed: {text}");
+    assert!(printed(&text, "refresh grants: ") >= 20, "{text}");
+    assert_eq!(printed(&text, "invalid_grant: "), 0, "{text}");
+    assert_eq!(printed(&text, "reuse detections: "), 0, "{text}");
+}
+
+#[test]
+fn without_a_store_the_same_fleet_kills_its_series_and_says_so() {
+    let redis = RedisServer::start();
+    let (ok, text) = fleet_output(
+        &redis,
+        &[
+            "--grant",
+            "refresh",
+            "--no-store",
+            "--workers",
+            "8",
+            "--callers",
+            "10",
+            "--ttl",
+            "1",
+            "--seconds",
+            "4",
+        ],
+    );
+    println!("{text}");
+    assert!(!ok, "every worker kept going: {text}");
+    assert!(printed(&text, "reuse detections: ") >= 1, "{text}");
+    assert!(text.contains("authorize again"), "{text}");
 }
 
 #[test]

@@ -123,6 +123,7 @@ mod client_auth;
 mod events;
 mod fault;
 mod form;
+mod grants;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
@@ -199,6 +200,16 @@ pub struct Stats {
     pub grpc_calls: u64,
     /// gRPC calls refused with `UNAUTHENTICATED`.
     pub grpc_unauthenticated: u64,
+    /// Refresh-token grants answered with a token.
+    pub refresh_token_grants: u64,
+    /// Refresh tokens spent a second time (each revoked its family).
+    pub refresh_token_reuses: u64,
+    /// Refresh-token grants refused with `invalid_grant` (reuses included).
+    pub invalid_grants: u64,
+    /// Token exchanges answered with a token.
+    pub token_exchanges: u64,
+    /// Requests for the metadata document (RFC 8414 or OpenID discovery).
+    pub discovery_requests: u64,
 }
 
 /// The built-in Google service account of [`Emulator::google_key_file`]: a key made for the
@@ -233,6 +244,11 @@ struct State {
     faults: VecDeque<(Fault, usize)>,
     stream_end: StreamEnd,
     stats: Stats,
+    refresh_tokens: grants::RefreshTokens,
+    /// Subject tokens of token exchanges, in order.
+    subject_tokens: Vec<String>,
+    /// The issuer the metadata names, when a test makes it differ from the origin.
+    metadata_issuer: Option<String>,
 }
 
 struct IssuedToken {
@@ -425,6 +441,40 @@ impl Emulator {
         }
     }
 
+    /// A new refresh token for the emulator's client, the first of a new series (what an
+    /// authorization-code flow would have given the user). Each refresh spends it and
+    /// answers with the next one (rotation); a refresh token spent twice revokes its whole
+    /// series (reuse detection, as Auth0 and Okta do): every later refresh of it gets
+    /// `invalid_grant`. See [`Stats::refresh_token_reuses`].
+    pub fn issue_refresh_token(&self) -> String {
+        self.shared.lock().refresh_tokens.issue()
+    }
+
+    /// Turns refresh-token rotation off (refreshes keep the same refresh token) or back on.
+    /// Default: on.
+    pub fn set_refresh_token_rotation(&self, on: bool) {
+        self.shared.lock().refresh_tokens.no_rotation = !on;
+    }
+
+    /// The subject tokens that token exchanges sent, oldest first. They are secrets in real
+    /// life: keep them out of logs.
+    pub fn subject_tokens(&self) -> Vec<String> {
+        self.shared.lock().subject_tokens.clone()
+    }
+
+    /// The issuer identifier, `http://127.0.0.1:PORT`, whose metadata (RFC 8414, OpenID
+    /// discovery) names the token endpoint: what
+    /// [`TokenEndpoint::discover`](crate::TokenEndpoint::discover) wants.
+    pub fn issuer(&self) -> String {
+        self.origin()
+    }
+
+    /// Makes the metadata document name `issuer` instead of this emulator's (a mix-up
+    /// attack or a misconfigured server), or, with `None`, its own again.
+    pub fn set_metadata_issuer(&self, issuer: Option<String>) {
+        self.shared.lock().metadata_issuer = issuer;
+    }
+
     /// The request counts so far.
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats.clone()
@@ -531,6 +581,9 @@ impl EmulatorBuilder {
                 faults: VecDeque::new(),
                 stream_end: StreamEnd::default(),
                 stats: Stats::default(),
+                refresh_tokens: Default::default(),
+                subject_tokens: Vec::new(),
+                metadata_issuer: None,
             }),
             devices: Arc::clone(&devices),
             events: events.clone(),
@@ -564,6 +617,14 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code panics while holding the lock; if some did, the state is still usable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `http://127.0.0.1:PORT`: the token URL without its path.
+    fn origin(&self) -> String {
+        self.token_url
+            .strip_suffix(server::TOKEN_PATH)
+            .unwrap_or(&self.token_url)
+            .to_owned()
     }
 
     fn record(&self, update: impl FnOnce(&mut Stats)) {

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 
 use super::body::Body;
 use super::form::Rejection;
+use super::grants::{Spent, metadata};
 use super::race::first;
 use super::responses::{Hangup, dt_error, json_response, response};
 use super::stream::{self, Subscriptions};
@@ -27,6 +28,10 @@ use super::{Fault, Shared, TokenCheck};
 
 /// The token endpoint's path.
 pub(super) const TOKEN_PATH: &str = "/oauth2/token";
+/// Where RFC 8414 metadata is served (the emulator's issuer has no path).
+const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// Where OpenID Connect discovery finds the same document.
+const OPENID_METADATA_PATH: &str = "/.well-known/openid-configuration";
 /// The API's path prefix.
 pub(super) const API_PREFIX: &str = "/v2";
 /// Largest request body accepted; larger ones get 413.
@@ -102,6 +107,19 @@ async fn handle(
         }
         return token_endpoint(shared, request).await;
     }
+    if path == OAUTH_METADATA_PATH || path == OPENID_METADATA_PATH {
+        if request.method() != Method::GET {
+            return Ok(method_not_allowed("GET"));
+        }
+        let issuer = {
+            let mut state = shared.lock();
+            state.stats.discovery_requests += 1;
+            state.metadata_issuer.clone()
+        };
+        let origin = shared.origin();
+        let issuer = issuer.unwrap_or_else(|| origin.clone());
+        return Ok(json_response(StatusCode::OK, &metadata(&origin, &issuer)));
+    }
     if path == API_PREFIX || path.starts_with("/v2/") {
         return api(shared, request, hangup).await;
     }
@@ -154,17 +172,53 @@ async fn token_endpoint(
         Ok(grant) => grant,
         Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
     };
+    let mut body = Map::new();
+    match &grant {
+        Grant::RefreshToken { refresh_token, .. } => {
+            let spent = shared.lock().refresh_tokens.spend(refresh_token);
+            match spent {
+                Spent::Ok(next) => {
+                    shared.record(|s| s.refresh_token_grants += 1);
+                    body.insert("refresh_token".into(), next.into());
+                }
+                Spent::Refused(rejection) => {
+                    shared.record(|s| s.invalid_grants += 1);
+                    return Ok(token_error(shared, rejection.status, &rejection));
+                }
+                Spent::Reused(rejection) => {
+                    shared.record(|s| {
+                        s.invalid_grants += 1;
+                        s.refresh_token_reuses += 1;
+                    });
+                    return Ok(token_error(shared, rejection.status, &rejection));
+                }
+            }
+        }
+        Grant::TokenExchange { subject_token } => {
+            let mut state = shared.lock();
+            state.subject_tokens.push(subject_token.clone());
+            state.stats.token_exchanges += 1;
+            body.insert(
+                "issued_token_type".into(),
+                crate::token_types::ACCESS_TOKEN.into(),
+            );
+        }
+        Grant::JwtBearer | Grant::ClientCredentials { .. } => {}
+    }
     let (token, ttl) = shared.issue_token();
     tracing::debug!(
         ?grant,
         expires_in = ttl.as_secs(),
         "emulator: issued an access token"
     );
-    let mut body = Map::new();
     body.insert("access_token".into(), token.into());
     body.insert("token_type".into(), "bearer".into());
     body.insert("expires_in".into(), ttl.as_secs().into());
-    if let Grant::ClientCredentials { scope: Some(scope) } = grant {
+    if let Grant::ClientCredentials { scope: Some(scope) }
+    | Grant::RefreshToken {
+        scope: Some(scope), ..
+    } = grant
+    {
         body.insert("scope".into(), scope.into());
     }
     let mut response = json_response(StatusCode::OK, &Value::Object(body));

@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use super::client_auth::Client;
 use super::form::{Form, Rejection, parse_form};
+use super::grants::is_token_type;
 use super::keys::{Purpose, Registry, VerifyWith};
 use crate::ServiceAccount;
-use crate::{ClientCredentials, JwtBearer};
+use crate::{ClientCredentials, JwtBearer, RefreshToken, TokenExchange};
 use secrecy::ExposeSecret as _;
 
 /// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
@@ -21,13 +22,36 @@ use secrecy::ExposeSecret as _;
 pub(super) const LEEWAY_SECS: u64 = 60;
 
 /// A token request that passed every check.
-#[derive(Debug)]
 pub(super) enum Grant {
     /// The RFC 7523 JWT-bearer grant, DT's.
     JwtBearer,
     /// The RFC 6749 §4.4 client-credentials grant, with the `scope` asked for (echoed in the
     /// token response).
     ClientCredentials { scope: Option<String> },
+    /// The RFC 6749 §6 refresh-token grant: the refresh token to spend.
+    RefreshToken {
+        refresh_token: String,
+        scope: Option<String>,
+    },
+    /// The RFC 8693 token exchange: the subject token to record.
+    TokenExchange { subject_token: String },
+}
+
+impl std::fmt::Debug for Grant {
+    /// The grant without its tokens, which are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::JwtBearer => f.write_str("JwtBearer"),
+            Self::ClientCredentials { scope } | Self::RefreshToken { scope, .. } => f
+                .debug_struct(match self {
+                    Self::ClientCredentials { .. } => "ClientCredentials",
+                    _ => "RefreshToken",
+                })
+                .field("scope", scope)
+                .finish_non_exhaustive(),
+            Self::TokenExchange { .. } => f.write_str("TokenExchange { .. }"),
+        }
+    }
 }
 
 /// Checks a whole token request: content type, form, grant type, and the grant's own
@@ -73,24 +97,83 @@ pub(super) fn check_token_request(
             }
         },
         Some(ClientCredentials::GRANT_TYPE) => {
-            if form.get("client_assertion_type").is_some() || form.get("client_assertion").is_some()
-            {
-                check_client_assertion(headers, &form, client, keys, token_url)?;
-            } else {
-                client.authenticate(headers, &form)?;
-            }
+            authenticate_client(headers, &form, client, keys, token_url)?;
             // `audience` is accepted and means nothing here: there is one API.
             let scope = form.get("scope").map(check_scope).transpose()?;
             Ok(Grant::ClientCredentials { scope })
         }
+        Some(RefreshToken::GRANT_TYPE) => {
+            authenticate_client(headers, &form, client, keys, token_url)?;
+            let refresh_token = match form.get("refresh_token") {
+                None | Some("") => {
+                    return Err(Rejection::request("the refresh_token parameter is missing"));
+                }
+                Some(token) => token.to_owned(),
+            };
+            let scope = form.get("scope").map(check_scope).transpose()?;
+            Ok(Grant::RefreshToken {
+                refresh_token,
+                scope,
+            })
+        }
+        Some(TokenExchange::GRANT_TYPE) => {
+            // Client authentication is optional for a token exchange (RFC 8693 §2.1), but
+            // checked when the client offers it.
+            let offers = headers.contains_key(http::header::AUTHORIZATION)
+                || form.get("client_id").is_some()
+                || form.get("client_assertion").is_some();
+            if offers {
+                authenticate_client(headers, &form, client, keys, token_url)?;
+            }
+            let subject_token = match form.get("subject_token") {
+                None | Some("") => {
+                    return Err(Rejection::request("the subject_token parameter is missing"));
+                }
+                Some(token) => token.to_owned(),
+            };
+            for (name, required) in [("subject_token_type", true), ("actor_token_type", false)] {
+                match form.get(name) {
+                    Some(kind) if is_token_type(kind) => {}
+                    None if !required => {}
+                    _ => {
+                        return Err(Rejection::request(format!(
+                            "{name} must be an urn:ietf:params:oauth:token-type: URI"
+                        )));
+                    }
+                }
+            }
+            if form.get("actor_token").is_some() != form.get("actor_token_type").is_some() {
+                return Err(Rejection::request(
+                    "actor_token and actor_token_type go together",
+                ));
+            }
+            Ok(Grant::TokenExchange { subject_token })
+        }
         Some(_) => Err(Rejection::new(
             "unsupported_grant_type",
             format!(
-                "grant_type must be {} or {}",
+                "grant_type must be {}, {}, {} or {}",
                 JwtBearer::GRANT_TYPE,
-                ClientCredentials::GRANT_TYPE
+                ClientCredentials::GRANT_TYPE,
+                RefreshToken::GRANT_TYPE,
+                TokenExchange::GRANT_TYPE,
             ),
         )),
+    }
+}
+
+/// The client's authentication: by assertion if it sent one, else its secret.
+fn authenticate_client(
+    headers: &HeaderMap,
+    form: &Form,
+    client: &Client,
+    keys: &Registry,
+    token_url: &str,
+) -> Result<(), Rejection> {
+    if form.get("client_assertion_type").is_some() || form.get("client_assertion").is_some() {
+        check_client_assertion(headers, form, client, keys, token_url)
+    } else {
+        client.authenticate(headers, form)
     }
 }
 

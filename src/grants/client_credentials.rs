@@ -4,8 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-
+use super::client::OAuthClient;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
 use crate::keys::{Signer, SigningKey};
@@ -84,13 +83,6 @@ impl ClientAuth {
             Err(_) => Self::ClientSecretJwt(Arc::new(EmptySecret)),
         }
     }
-
-    fn signer(&self) -> Option<&dyn Signer> {
-        match self {
-            Self::PrivateKeyJwt(signer) | Self::ClientSecretJwt(signer) => Some(&**signer),
-            Self::Basic | Self::Post => None,
-        }
-    }
 }
 
 /// The signer of a `client_secret_jwt` whose secret is empty: fails at the first request,
@@ -162,9 +154,7 @@ impl Signer for EmptySecret {
 #[derive(Clone)]
 pub struct ClientCredentials {
     endpoint: TokenEndpoint,
-    client_id: String,
-    client_secret: SecretString,
-    auth: ClientAuth,
+    client: OAuthClient,
     scopes: Vec<String>,
     params: Vec<(String, String)>,
 }
@@ -178,15 +168,13 @@ impl ClientCredentials {
     /// first token request, before anything is sent ([`Error::EmptyCredential`] naming
     /// `client_id` or `client_secret`).
     pub fn new(
-        token_url: impl Into<String>,
+        token_url: impl Into<TokenEndpoint>,
         client_id: impl Into<String>,
         client_secret: impl Into<String>,
     ) -> Self {
         Self {
-            endpoint: TokenEndpoint::new(token_url),
-            client_id: client_id.into(),
-            client_secret: SecretString::from(client_secret.into()),
-            auth: ClientAuth::Basic,
+            endpoint: token_url.into(),
+            client: OAuthClient::new(client_id, client_secret),
             scopes: Vec::new(),
             params: Vec::new(),
         }
@@ -197,7 +185,7 @@ impl ClientCredentials {
     /// separate secret. With [`ClientAuth::Basic`] or [`ClientAuth::Post`] the secret is
     /// empty, which the first token request reports. Does no I/O.
     pub fn with_client_auth(
-        token_url: impl Into<String>,
+        token_url: impl Into<TokenEndpoint>,
         client_id: impl Into<String>,
         auth: ClientAuth,
     ) -> Self {
@@ -213,7 +201,7 @@ impl ClientCredentials {
 
     /// How the client authenticates. Default: [`ClientAuth::Basic`].
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
-        self.auth = auth;
+        self.client = self.client.client_auth(auth);
         self
     }
 
@@ -268,7 +256,7 @@ impl ClientCredentials {
 
     /// The client id.
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        self.client.id()
     }
 }
 
@@ -278,48 +266,23 @@ impl TokenSource for ClientCredentials {
     /// extra parameters (audience included), and the secret, so rotating the secret changes
     /// the key.
     fn store_key(&self) -> Option<String> {
-        let mut key = KeyBuilder::new("client-credentials")
-            .part(self.endpoint.url())
-            .part(&self.client_id)
-            .part(self.scopes.join(" "));
+        let key = KeyBuilder::new("client-credentials").part(self.endpoint.url());
+        let mut key = self.client.key_parts(key).part(self.scopes.join(" "));
         for (name, value) in &self.params {
             key = key.part(name).part(value);
         }
-        let key = match self.auth.signer() {
-            None => key.part(self.client_secret.expose_secret()),
-            Some(signer) => key
-                .part("assertion")
-                .part(signer.algorithm().name())
-                .optional(signer.key_id()),
-        };
         Some(key.finish())
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
-        let secret = self.client_secret.expose_secret();
-        if self.client_id.trim().is_empty() {
-            return Err(Error::EmptyCredential { field: "client_id" });
-        }
-        if secret.is_empty() && self.auth.signer().is_none() {
-            return Err(Error::EmptyCredential {
-                field: "client_secret",
-            });
-        }
+        self.client.check()?;
         let scope = self.scopes.join(" ");
-        let mut request = self
+        let request = self
             .endpoint
             .request()
             .describe(SENDING, ALLOW_WITH)
             .param("grant_type", Self::GRANT_TYPE);
-        request = match &self.auth {
-            ClientAuth::Basic => request.basic_auth(&self.client_id, secret),
-            ClientAuth::Post => request
-                .param("client_id", &self.client_id)
-                .secret_param("client_secret", secret),
-            ClientAuth::PrivateKeyJwt(signer) | ClientAuth::ClientSecretJwt(signer) => {
-                request.client_assertion(&self.client_id, &**signer)
-            }
-        };
+        let mut request = self.client.authenticate(request);
         if !scope.is_empty() {
             request = request.param("scope", &scope);
         }
@@ -334,9 +297,7 @@ impl fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCredentials")
             .field("endpoint", &self.endpoint)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[REDACTED]")
-            .field("auth", &self.auth)
+            .field("client", &self.client)
             .field("scopes", &self.scopes)
             .field("params", &self.params)
             .finish()

@@ -8,7 +8,7 @@ use crate::defaults::*;
 use crate::error::{Error, Result};
 use crate::health::Metrics;
 use crate::source::TokenSource;
-use crate::store::{Sealer, TokenStore};
+use crate::store::{Sealer, SourceStore, TokenStore};
 
 use super::fleet::Fleet;
 use super::{Inner, TokenProvider};
@@ -244,6 +244,14 @@ impl TokenProviderBuilder {
                  encryption key (.encryption_key), or allow that with .allow_plaintext(true)"
             ))
         })?;
+        let (store, sealer): (Arc<dyn TokenStore>, _) = (Arc::from(store), Arc::new(sealer));
+        self.source.attach_store(SourceStore::new(
+            Arc::clone(&store),
+            Arc::clone(&sealer),
+            key.clone(),
+            self.store_lease_ttl,
+            self.store_timeout,
+        ));
         Ok(Some(Fleet {
             store,
             sealer,

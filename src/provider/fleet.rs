@@ -2,8 +2,8 @@
 //! one process (the lease holder) asks the token endpoint, the others wait for what it
 //! stores, and a store that fails is never worse than none.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,8 +29,8 @@ const POLL_MAX: Duration = Duration::from_millis(500);
 
 /// A provider's store, its key and sealing, and what it knows of the store's health.
 pub(super) struct Fleet {
-    pub(super) store: Box<dyn TokenStore>,
-    pub(super) sealer: Sealer,
+    pub(super) store: Arc<dyn TokenStore>,
+    pub(super) sealer: Arc<Sealer>,
     pub(super) key: String,
     pub(super) lease_ttl: Duration,
     pub(super) timeout: Duration,

@@ -182,11 +182,16 @@ impl TokenProvider {
     }
 
     /// Drops `token` from the cache if it is still the cached token (compared by identity,
-    /// not value), so the next [`token`](Self::token) fetches a new one. Unconditional: for
-    /// a server's rejection prefer [`reject`](Self::reject), which is rate-limited.
+    /// not value), so the next [`token`](Self::token) fetches a new one; with a
+    /// [token store](crate::store), that refresh also removes it from the store if it is
+    /// still there, rather than take it back. Unconditional: for a server's rejection
+    /// prefer [`reject`](Self::reject), which is rate-limited.
     pub fn invalidate(&self, token: &AccessToken) {
         let _state = self.inner.lock_state();
         if self.inner.drop_cached(token) {
+            if let Some(fleet) = &self.inner.fleet {
+                fleet.rejected(token);
+            }
             tracing::debug!("access token invalidated");
         }
     }

@@ -23,6 +23,9 @@ struct Wire {
     /// process's storm-guard interval, which every process that takes the token adopts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     forced_interval_ms: Option<u64>,
+    /// RFC 8693's `issued_token_type`, for a token from a token exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<String>,
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -49,6 +52,7 @@ pub(crate) fn encode(token: &AccessToken, forced_interval: Option<Duration>) -> 
         lifetime_ms: u64::try_from(token.lifetime().as_millis()).unwrap_or(u64::MAX),
         forced_interval_ms: forced_interval
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        issued_token_type: token.issued_token_type().map(str::to_owned),
     };
     serde_json::to_vec(&wire).expect("an entry always serializes")
 }
@@ -72,8 +76,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Stored> {
     let issued = now
         .checked_sub(lifetime.saturating_sub(remaining))
         .unwrap_or(now);
+    let mut token = AccessToken::issued_at(wire.token, issued, lifetime).ok()?;
+    if let Some(kind) = wire.issued_token_type {
+        token = token.with_issued_token_type(kind);
+    }
     Some(Stored {
-        token: AccessToken::issued_at(wire.token, issued, lifetime).ok()?,
+        token,
         forced_interval: wire.forced_interval_ms.map(Duration::from_millis),
     })
 }
@@ -89,6 +97,7 @@ mod tests {
             issued_at_ms,
             lifetime_ms,
             forced_interval_ms: None,
+            issued_token_type: None,
         })
         .unwrap()
     }

@@ -65,6 +65,15 @@ impl FileStore {
     fn path(&self, key: &str, suffix: &str) -> PathBuf {
         self.dir.join(format!("{key}.{suffix}"))
     }
+
+    /// A temporary file for a new entry under `key`, unique to this write.
+    fn temp(&self, key: &str) -> PathBuf {
+        self.dir.join(format!(
+            ".{key}.{}.{:016x}.tmp",
+            std::process::id(),
+            fastrand::u64(..)
+        ))
+    }
 }
 
 impl fmt::Debug for FileStore {
@@ -114,6 +123,17 @@ fn with_mutex<T>(
     result
 }
 
+/// Writes `entry` to `temp`, flushed, then renames it over `path`: readers see the old entry
+/// or the new one, never half of one.
+fn write_atomically(temp: &Path, path: &Path, entry: &[u8]) -> io::Result<()> {
+    let mut file = private_file(temp)?;
+    file.write_all(entry)?;
+    file.sync_all()?;
+    fs::rename(temp, path).inspect_err(|_| {
+        let _ = fs::remove_file(temp);
+    })
+}
+
 /// Opens (creating) a file without truncating it, mode 0600.
 fn private_file_keep(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
@@ -138,22 +158,8 @@ impl TokenStore for FileStore {
     async fn put(&self, key: &str, entry: &[u8], _ttl: Duration) -> Result<(), StoreError> {
         let (dir, key, entry) = (self.dir.clone(), key.to_owned(), entry.to_vec());
         let path = self.path(&key, "entry");
-        let temp = self.dir.join(format!(
-            ".{key}.{}.{:016x}.tmp",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        blocking(move || {
-            with_mutex(&dir, &key, || {
-                let mut file = private_file(&temp)?;
-                file.write_all(&entry)?;
-                file.sync_all()?;
-                fs::rename(&temp, &path).inspect_err(|_| {
-                    let _ = fs::remove_file(&temp);
-                })
-            })
-        })
-        .await
+        let temp = self.temp(&key);
+        blocking(move || with_mutex(&dir, &key, || write_atomically(&temp, &path, &entry))).await
     }
 
     async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
@@ -165,6 +171,33 @@ impl TokenStore for FileStore {
                 Ok(_) => Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
                 Err(e) => Err(e),
+            })
+        })
+        .await
+    }
+
+    async fn replace_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        entry: &[u8],
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (dir, key) = (self.dir.clone(), key.to_owned());
+        let (expected, entry) = (expected.map(<[u8]>::to_vec), entry.to_vec());
+        let path = self.path(&key, "entry");
+        let temp = self.temp(&key);
+        blocking(move || {
+            with_mutex(&dir, &key, || {
+                let current = match fs::read(&path) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                if current != expected {
+                    return Ok(false);
+                }
+                write_atomically(&temp, &path, &entry).map(|()| true)
             })
         })
         .await

@@ -58,6 +58,7 @@ mod key;
 #[cfg(feature = "redis")]
 mod redis;
 mod seal;
+mod shared;
 
 use std::fmt;
 use std::time::Duration;
@@ -68,6 +69,7 @@ pub(crate) use key::{KeyBuilder, named as named_key};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 pub(crate) use seal::Sealer;
+pub use shared::SourceStore;
 
 /// What a store call fails with: any error of the backend. The provider logs it (once per
 /// outage) and falls back to the token endpoint; it never reaches a caller.
@@ -92,6 +94,27 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// Deletes the entry under `key` only if it is still exactly `expected`; returns whether
     /// it did.
     async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError>;
+
+    /// Replaces the entry under `key` with `entry` only if it is still exactly `expected`
+    /// (`None`: only if there is no entry); returns whether it did. This is what makes the
+    /// rotation of a refresh token safe across processes
+    /// ([`RefreshToken`](crate::RefreshToken)): a store that implements it must do it
+    /// atomically. The default fails, so the refresh-token grant refuses to spend a refresh
+    /// token through a store that cannot swap it safely; the access-token paths never call it.
+    async fn replace_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        entry: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (key, expected, entry, ttl);
+        Err(
+            "this token store does not implement TokenStore::replace_if (compare-and-swap), \
+             which rotating refresh tokens through a store needs"
+                .into(),
+        )
+    }
 
     /// Takes the refresh lease for `key`, marked with `fence` (unique per attempt), unless
     /// another holder has it; it lapses after `ttl` if never released. Returns whether this

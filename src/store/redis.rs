@@ -22,6 +22,20 @@ end
 return 0
 ";
 
+/// Sets `KEYS[1]` to `ARGV[3]` (expiring in `ARGV[4]` ms) only if it holds `ARGV[2]`
+/// (`ARGV[1]` = `1`) or does not exist (`ARGV[1]` = `0`): the rotation of a refresh token,
+/// which must never overwrite one another process stored.
+const COMPARE_AND_SWAP: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+";
+
 /// Reconnection attempts per call while Redis is unreachable: one, so that a call fails
 /// fast and the provider falls back to the token endpoint instead of waiting on Redis.
 const RECONNECT_RETRIES: usize = 1;
@@ -61,6 +75,7 @@ pub struct RedisStore {
     prefix: String,
     config: StoreConfig,
     script: redis::Script,
+    swap: redis::Script,
 }
 
 impl RedisStore {
@@ -80,6 +95,7 @@ impl RedisStore {
             prefix: DEFAULT_PREFIX.to_owned(),
             config: StoreConfig::default(),
             script: redis::Script::new(COMPARE_AND_DELETE),
+            swap: redis::Script::new(COMPARE_AND_SWAP),
         })
     }
 
@@ -191,6 +207,25 @@ impl TokenStore for RedisStore {
 
     async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
         self.compare_and_delete(self.entry_key(key), expected).await
+    }
+
+    async fn replace_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        entry: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let swapped: i64 = self
+            .swap
+            .key(self.entry_key(key))
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(entry)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.connection()?)
+            .await?;
+        Ok(swapped > 0)
     }
 
     async fn try_lease(&self, key: &str, fence: &str, ttl: Duration) -> Result<bool, StoreError> {
