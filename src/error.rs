@@ -350,7 +350,8 @@ impl Error {
     /// Transient: connection failures, timeouts, broken transfers, HTTP 408, 429 and 5xx
     /// (with or without an OAuth2 body), the OAuth2 codes `temporarily_unavailable` and
     /// `slow_down`, a caller's [`WaitTimeout`](Error::WaitTimeout), a token that
-    /// [expired on arrival](Error::ExpiredOnArrival), and sources that said so.
+    /// [expired on arrival](Error::ExpiredOnArrival), a [store](Error::Store) that failed,
+    /// and sources, subject tokens and discovery fetches that said so.
     /// Everything else — bad credentials, `invalid_grant`, `invalid_client`, malformed
     /// responses, redirects, configuration — is permanent. A [`Retried`](Error::Retried)
     /// error is what its last attempt was.

@@ -18,7 +18,10 @@
 //! | a service account signing JWTs for another server | [`ServiceAccount`] + [`JwtBearer`] |
 //! | an assertion signed elsewhere and rotated on disk (Kubernetes, workload identity) | [`JwtBearer::from_assertion_file`] |
 //! | an OAuth2 client id and secret | [`ClientCredentials`] |
-//! | another grant (refresh token, token exchange) | [`TokenEndpoint`], wrapped in a closure |
+//! | a refresh token, rotated safely across processes | [`RefreshToken`] |
+//! | a workload token exchanged (RFC 8693: Kubernetes, GitHub Actions) | [`TokenExchange`] |
+//! | the token endpoint from the issuer's metadata (RFC 8414) | [`TokenEndpoint::discover`] |
+//! | another grant | [`TokenEndpoint`], wrapped in a closure |
 //! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
 //! | the cache and refresh policy around any of them | [`TokenProvider`] |
 //! | a `reqwest` client | [`AuthMiddleware`] (feature `reqwest`) |

@@ -268,12 +268,23 @@ async fn basic_and_form_credentials_at_once_are_invalid_request() {
 async fn other_grant_types_are_unsupported_and_jwt_bearer_still_works() {
     let emu = Emulator::start().await.unwrap();
     let (id, secret) = (emu.client_id(), emu.client_secret());
-    for grant in ["password", "refresh_token", "CLIENT_CREDENTIALS"] {
+    for grant in ["password", "authorization_code", "CLIENT_CREDENTIALS"] {
         let (status, _, body) =
             post_token(&emu, &[("grant_type", grant)], Some((&id, &secret))).await;
         assert_eq!(status, 400, "{grant}");
         assert_eq!(body["error"], "unsupported_grant_type", "{grant}");
     }
+    // A refresh-token grant without its refresh token is a bad request, not an unknown grant.
+    let (status, _, body) = post_token(
+        &emu,
+        &[("grant_type", "refresh_token")],
+        Some((&id, &secret)),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), &body["error"]),
+        (400, &"invalid_request".into())
+    );
     let provider = TokenProvider::new(JwtBearer::new(emu.account()));
     let token = provider.token().await.unwrap();
     assert_eq!(get_projects(&emu, token.expose_secret()).await, 200);

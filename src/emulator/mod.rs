@@ -19,8 +19,8 @@
 //! - the body is `application/x-www-form-urlencoded` and decodes (`+`, `%XX`, UTF-8), with no
 //!   parameter repeated — else `invalid_request`;
 //! - `grant_type` is present — else `invalid_request` — and is
-//!   `urn:ietf:params:oauth:grant-type:jwt-bearer` or `client_credentials` — else
-//!   `unsupported_grant_type`.
+//!   `urn:ietf:params:oauth:grant-type:jwt-bearer`, `client_credentials`, `refresh_token` or
+//!   `urn:ietf:params:oauth:grant-type:token-exchange` — else `unsupported_grant_type`.
 //!
 //! For the **JWT-bearer grant** (RFC 7523, DT's):
 //!
@@ -45,8 +45,23 @@
 //!   else `invalid_scope` — and is echoed as `scope` in the token response; an optional
 //!   `audience` is accepted and ignored.
 //!
-//! Tokens of both grants are alike: same lifetime, same routes, same revocation. A body
-//! larger than 64 KiB gets 413.
+//! For the **refresh-token grant** (RFC 6749 §6), the client authenticates as for client
+//! credentials, and `refresh_token` must be one [`issue_refresh_token`](Emulator::issue_refresh_token)
+//! started or a refresh answered with. Each refresh spends it and answers with the next
+//! (`refresh_token` in the response), unless [rotation](Emulator::set_refresh_token_rotation)
+//! is off; an unknown refresh token, one of a revoked series, or one spent before (reuse
+//! detection, which revokes its whole series) is `invalid_grant`.
+//!
+//! For the **token exchange** (RFC 8693), `subject_token` must be present and
+//! `subject_token_type` (and `actor_token_type` with an `actor_token`) an
+//! `urn:ietf:params:oauth:token-type:` URI; client authentication is checked if offered.
+//! The subject tokens are [recorded](Emulator::subject_tokens) and the answer carries
+//! `issued_token_type` `urn:ietf:params:oauth:token-type:access_token`.
+//!
+//! Tokens of every grant are alike: same lifetime, same routes, same revocation. A body
+//! larger than 64 KiB gets 413. `GET /.well-known/oauth-authorization-server` and
+//! `/.well-known/openid-configuration` serve the metadata document (issuer
+//! [`issuer`](Emulator::issuer), the token endpoint, the auth methods and algorithms).
 //!
 //! # API routes
 //!
