@@ -115,7 +115,9 @@ pub struct TokenEndpoint {
     allow_http: bool,
     timeout: Duration,
     assertion_audience: Option<String>,
-    client: Arc<OnceLock<reqwest::Client>>,
+    /// A client the application gave ([`http_client`](Self::http_client)); else the
+    /// process's built-in one.
+    client: Option<reqwest::Client>,
     /// Set for [`discover`](Self::discover): the token URL comes from the metadata.
     discovery: Option<Arc<Discovery>>,
 }
@@ -128,9 +130,20 @@ impl TokenEndpoint {
             allow_http: false,
             timeout: DEFAULT_REQUEST_TIMEOUT,
             assertion_audience: None,
-            client: Arc::new(OnceLock::new()),
+            client: None,
             discovery: None,
         }
+        .warmed()
+    }
+
+    /// Builds the process's built-in client for this endpoint's scheme now, once per
+    /// process: it loads the TLS roots, milliseconds that would otherwise delay the first
+    /// token request of a cold start (and every caller waiting on it).
+    fn warmed(self) -> Self {
+        if self.client.is_none() {
+            let _ = built_in_client(self.url.starts_with("http://"));
+        }
+        self
     }
 
     /// The token endpoint of the authorization server `issuer`, found in its metadata
@@ -299,11 +312,12 @@ impl TokenEndpoint {
     /// certificate). Whatever its redirect policy, no token request is redirected. It must
     /// not carry middleware that attaches this provider's tokens, and a pooled connection of
     /// a client shared between Tokio runtimes can stall when the runtime that opened it
-    /// stops. The [`timeout`](Self::timeout) still applies. Default: a plain client without
-    /// redirects, proxies for plain http, or connection reuse, built on first use.
+    /// stops. The [`timeout`](Self::timeout) still applies. Default: the built-in client
+    /// without redirects, proxies for plain http, or connection reuse, one per process
+    /// (built when the first endpoint is made).
     pub fn http_client(self, client: reqwest::Client) -> Self {
         Self {
-            client: Arc::new(OnceLock::from(client)),
+            client: Some(client),
             ..self
         }
     }
@@ -321,7 +335,7 @@ impl TokenEndpoint {
     /// The same endpoint settings for another URL.
     pub(crate) fn with_url(mut self, url: String) -> Self {
         self.url = url;
-        self
+        self.warmed()
     }
 
     /// Starts a form POST to this endpoint.
@@ -339,21 +353,10 @@ impl TokenEndpoint {
     }
 
     fn client(&self, url: &reqwest::Url) -> Result<&reqwest::Client> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
+        match &self.client {
+            Some(client) => Ok(client),
+            None => built_in_client(url.scheme() == "http"),
         }
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(0)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(USER_AGENT);
-        if url.scheme() == "http" {
-            builder = builder.no_proxy();
-        }
-        let client = builder
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(self.client.get_or_init(|| client))
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> Error {
@@ -655,6 +658,28 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The built-in clients, for https and for plain http (which never goes through a proxy),
+/// each built once per process: building one loads the TLS roots. Without connection
+/// reuse, one client serves every runtime.
+fn built_in_client(plain_http: bool) -> Result<&'static reqwest::Client> {
+    static CLIENTS: [OnceLock<std::result::Result<reqwest::Client, String>>; 2] =
+        [OnceLock::new(), OnceLock::new()];
+    CLIENTS[usize::from(plain_http)]
+        .get_or_init(|| {
+            let mut builder = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(0)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(USER_AGENT);
+            if plain_http {
+                builder = builder.no_proxy();
+            }
+            builder.build().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A failed [`TokenEndpoint::get_json`]: what to say, whether to try again, the status.

@@ -3,11 +3,11 @@
 //! is restarted by a waiter on its own).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -36,7 +36,16 @@ pub(super) struct Flight {
     id: u64,
     started: Instant,
     runtime: Handle,
-    outcome: watch::Sender<Outcome>,
+    /// Set once, when the refresh ends or is lost; `done` wakes the waiters then. A herd of
+    /// callers on a cold cache waits on this: registering costs one lock, and reading the
+    /// outcome one atomic load.
+    outcome: OnceLock<Outcome>,
+    done: Notify,
+    /// When the refresh task wakes its waiters even without an outcome: `max_wait` after it
+    /// started, the earliest a caller without its own deadline may give up. Such callers
+    /// on the flight's runtime wait on `done` alone, without a timer each: registering
+    /// 10,000 timers costs a cold herd more than the rest of its wait.
+    tick_at: Instant,
     /// Whether a waiter is checking that `runtime` still runs the refresh.
     probing: AtomicBool,
     progress: Mutex<Progress>,
@@ -45,9 +54,7 @@ pub(super) struct Flight {
     pub(super) forced: Option<Duration>,
 }
 
-#[derive(Clone)]
 enum Outcome {
-    Pending,
     Ready(Result<AccessToken>),
     /// The task is gone without an outcome (its runtime shut down, or it was stranded on a
     /// runtime that stopped running it): a waiter starts a new refresh.
@@ -78,9 +85,12 @@ impl Inner {
         let deadline = want.deadline.map_or(max_deadline, |d| d.min(max_deadline));
         let mut local_restarts = 0;
         loop {
-            let flight = match self.join_or_start(want.min_validity)? {
-                Ok(token) => return Ok(token),
-                Err(flight) => flight,
+            let flight = match self.joinable() {
+                Some(flight) => flight,
+                None => match self.join_or_start(want.min_validity)? {
+                    Ok(token) => return Ok(token),
+                    Err(flight) => flight,
+                },
             };
             match self.wait(&flight, &here, deadline).await {
                 Waited::Done(Ok(token)) => {
@@ -107,6 +117,20 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The refresh in flight, without the state lock: what a caller that missed the fast
+    /// path while a refresh runs would get from [`join_or_start`](Self::join_or_start)
+    /// too (the fast path hands out every usable token that lasts long enough while a
+    /// refresh runs), for a herd of callers on a cold cache.
+    fn joinable(&self) -> Option<Arc<Flight>> {
+        if !self.refreshing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.in_flight
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Under the state lock: a usable cached token (starting a background refresh if it is
@@ -145,27 +169,31 @@ impl Inner {
     /// Waits for `flight`'s outcome until `deadline`. A flight on another runtime is checked
     /// every [`STALL_PROBE_INTERVAL`]; if that runtime no longer runs it, it is marked lost.
     async fn wait(&self, flight: &Arc<Flight>, here: &Handle, deadline: Instant) -> Waited {
-        let mut outcome = flight.outcome.subscribe();
         let foreign = flight.runtime.id() != here.id();
         loop {
-            match &*outcome.borrow_and_update() {
-                Outcome::Pending => {}
-                Outcome::Ready(result) => return Waited::Done(result.clone()),
-                Outcome::Lost => return Waited::Lost,
+            // Registered before the outcome is read, so a publish in between still wakes it.
+            let done = flight.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            match flight.outcome.get() {
+                None => {}
+                Some(Outcome::Ready(result)) => return Waited::Done(result.clone()),
+                Some(Outcome::Lost) => return Waited::Lost,
             }
             let now = Instant::now();
             if now >= deadline {
                 return Waited::TimedOut;
+            }
+            if !foreign && deadline >= flight.tick_at && now < flight.tick_at {
+                done.await;
+                continue;
             }
             let wake = if foreign {
                 deadline.min(now + STALL_PROBE_INTERVAL)
             } else {
                 deadline
             };
-            // The sender lives in `flight`, which we hold: `changed` cannot fail.
-            if tokio::time::timeout_at(wake, outcome.changed())
-                .await
-                .is_err()
+            if tokio::time::timeout_at(wake, done).await.is_err()
                 && foreign
                 && Instant::now() < deadline
             {
@@ -201,7 +229,7 @@ impl Inner {
                  restarting it on this one"
             );
             self.set_flight(&mut state, None);
-            flight.outcome.send_replace(Outcome::Lost);
+            flight.publish(Outcome::Lost);
         }
     }
 
@@ -209,6 +237,13 @@ impl Inner {
     /// panicking in a timer later.
     fn ensure_time(&self, runtime: &Handle) -> Result<()> {
         let id = runtime.id();
+        let hash = {
+            use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(id) | 1
+        };
+        if self.time_checked.load(Ordering::Relaxed) == hash {
+            return Ok(());
+        }
         if self.lock_state().no_time == Some(id) {
             return Err(Error::TimeDisabled);
         }
@@ -220,11 +255,16 @@ impl Inner {
             self.lock_state().no_time = Some(id);
             return Err(Error::TimeDisabled);
         }
+        self.time_checked.store(hash, Ordering::Relaxed);
         Ok(())
     }
 
     /// Sets or clears the in-flight refresh; `state` must be locked.
     fn set_flight(&self, state: &mut State, flight: Option<Arc<Flight>>) {
+        *self
+            .in_flight
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = flight.clone();
         self.refreshing.store(flight.is_some(), Ordering::Release);
         state.flight = flight;
     }
@@ -248,7 +288,9 @@ impl Inner {
             id,
             started: Instant::now(),
             runtime: runtime.clone(),
-            outcome: watch::Sender::new(Outcome::Pending),
+            outcome: OnceLock::new(),
+            done: Notify::new(),
+            tick_at: later(Instant::now(), self.config.max_wait),
             probing: AtomicBool::new(false),
             progress: Mutex::default(),
             forced: state.storm.take_forced(),
@@ -273,7 +315,18 @@ impl Inner {
             runtime.spawn(
                 async move {
                     let mut guard = guard;
-                    let result = guard.inner.fetch(&guard.flight).await;
+                    let (inner, flight) = (Arc::clone(&guard.inner), Arc::clone(&guard.flight));
+                    let fetch = inner.fetch(&flight);
+                    tokio::pin!(fetch);
+                    let result = tokio::select! {
+                        biased;
+                        result = &mut fetch => result,
+                        () = tokio::time::sleep_until(flight.tick_at) => {
+                            // Waiters without a timer of their own decide now.
+                            flight.done.notify_waiters();
+                            fetch.await
+                        }
+                    };
                     guard.finish(result);
                 }
                 .instrument(span),
@@ -284,6 +337,13 @@ impl Inner {
 }
 
 impl Flight {
+    /// Sets the outcome (the first one set stays) and wakes every waiter.
+    fn publish(&self, outcome: Outcome) {
+        if self.outcome.set(outcome).is_ok() {
+            self.done.notify_waiters();
+        }
+    }
+
     fn lock_progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -327,7 +387,7 @@ impl FlightGuard {
         }
         inner.set_flight(&mut state, None);
         inner.settle(&mut state, &result, self.flight.started.elapsed());
-        self.flight.outcome.send_replace(Outcome::Ready(result));
+        self.flight.publish(Outcome::Ready(result));
     }
 }
 
@@ -347,7 +407,7 @@ impl Drop for FlightGuard {
             self.inner.set_flight(&mut state, None);
         }
         tracing::debug!("token refresh dropped with its runtime; a waiting caller restarts it");
-        self.flight.outcome.send_replace(Outcome::Lost);
+        self.flight.publish(Outcome::Lost);
     }
 }
 

@@ -92,6 +92,12 @@ struct Inner {
     /// Whether a refresh is in flight (mirrors `state.flight`), so that callers in the
     /// proactive window keep the fast path while the background refresh runs.
     refreshing: AtomicBool,
+    /// The refresh in flight (mirrors `state.flight`): a cold herd joins it under a read
+    /// lock instead of queueing on `state`.
+    in_flight: RwLock<Option<Arc<Flight>>>,
+    /// A hash of the last runtime found to have a time driver, so that a caller on it skips
+    /// the probe (0: none yet).
+    time_checked: AtomicU64,
     state: Mutex<State>,
     metrics: Metrics,
     /// Calls of the token source, for [`Health`].
@@ -271,6 +277,8 @@ impl Inner {
             config,
             cache: RwLock::new(None),
             refreshing: AtomicBool::new(false),
+            in_flight: RwLock::new(None),
+            time_checked: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             token_requests: AtomicU64::new(0),
             forced_refreshes: AtomicU64::new(0),
