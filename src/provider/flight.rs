@@ -318,10 +318,11 @@ impl Inner {
                     let (inner, flight) = (Arc::clone(&guard.inner), Arc::clone(&guard.flight));
                     let fetch = inner.fetch(&flight);
                     tokio::pin!(fetch);
-                    let result = tokio::select! {
-                        biased;
-                        result = &mut fetch => result,
-                        () = tokio::time::sleep_until(flight.tick_at) => {
+                    let result = match tokio::time::timeout_at(flight.tick_at, fetch.as_mut())
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => {
                             // Waiters without a timer of their own decide now.
                             flight.done.notify_waiters();
                             fetch.await
