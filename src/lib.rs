@@ -168,6 +168,7 @@
 mod credentials;
 pub mod defaults;
 mod discovery;
+pub mod dpop;
 pub mod dt;
 #[cfg(feature = "emulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]

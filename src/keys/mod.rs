@@ -13,6 +13,7 @@ use std::fmt;
 
 pub(crate) use assertion::{ASSERTION_LIFETIME, Jws, backdated_iat, mint, random_jti};
 pub use signing_key::SigningKey;
+pub(crate) use signing_key::{Parsed, parse_private_pem, public_jwk_of};
 
 use crate::error::Result;
 

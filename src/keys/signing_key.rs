@@ -318,7 +318,35 @@ fn read_key_file(path: &Path) -> Result<(Stamp, Loaded)> {
     Ok((stamp, loaded))
 }
 
+/// A private key read from PEM, before it becomes a [`Loaded`] key (or a DPoP key).
+pub(crate) enum Parsed {
+    Rsa(rsa::RsaPrivateKey),
+    P256(p256::SecretKey),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
 fn parse_pem(pem: &[u8]) -> Result<Loaded> {
+    match parse_private_pem(pem)? {
+        Parsed::Rsa(key) => rsa_key(&key),
+        Parsed::P256(key) => p256_key(&key),
+        Parsed::Ed25519(key) => ed25519_key(&key),
+    }
+}
+
+/// The public JWK (without `alg`/`kid`) of a parsed key.
+pub(crate) fn public_jwk_of(key: &Parsed) -> Result<Value> {
+    let loaded = match key {
+        Parsed::Rsa(key) => rsa_key(key)?,
+        Parsed::P256(key) => p256_key(key)?,
+        Parsed::Ed25519(key) => ed25519_key(key)?,
+    };
+    loaded
+        .public
+        .ok_or_else(|| invalid("the key has no public part"))
+}
+
+/// Reads a PKCS#8, PKCS#1 or SEC1 private key, telling RSA, P-256 and Ed25519 apart.
+pub(crate) fn parse_private_pem(pem: &[u8]) -> Result<Parsed> {
     let text = std::str::from_utf8(pem).map_err(|_| invalid("the PEM is not text"))?;
     let (label, der) = p256::pkcs8::der::pem::decode_vec(text.trim().as_bytes())
         .map_err(|_| invalid("not a PEM block (-----BEGIN ...-----, base64, -----END ...-----)"))?;
@@ -327,24 +355,24 @@ fn parse_pem(pem: &[u8]) -> Result<Loaded> {
         "RSA PRIVATE KEY" => {
             let key = rsa::RsaPrivateKey::from_pkcs1_der(&der)
                 .map_err(|_| invalid("the RSA PRIVATE KEY (PKCS#1) does not parse"))?;
-            rsa_key(&key)
+            Ok(Parsed::Rsa(key))
         }
         "EC PRIVATE KEY" => {
             let key = p256::SecretKey::from_sec1_der(&der).map_err(|_| {
                 invalid("the EC PRIVATE KEY is not a P-256 key: only P-256 (ES256) is supported")
             })?;
-            p256_key(&key)
+            Ok(Parsed::P256(key))
         }
         "PRIVATE KEY" => {
             use rsa::pkcs8::DecodePrivateKey as _;
             if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_der(&der) {
-                return rsa_key(&key);
+                return Ok(Parsed::Rsa(key));
             }
             if let Ok(key) = p256::SecretKey::from_pkcs8_der(&der) {
-                return p256_key(&key);
+                return Ok(Parsed::P256(key));
             }
             if let Ok(key) = ed25519_dalek::SigningKey::from_pkcs8_der(&der) {
-                return ed25519_key(&key);
+                return Ok(Parsed::Ed25519(key));
             }
             Err(invalid(
                 "the PKCS#8 PRIVATE KEY is of an unsupported type: RSA, EC P-256 and Ed25519 \

@@ -318,8 +318,7 @@ impl Inner {
                     let (inner, flight) = (Arc::clone(&guard.inner), Arc::clone(&guard.flight));
                     let fetch = inner.fetch(&flight);
                     tokio::pin!(fetch);
-                    let result = match tokio::time::timeout_at(flight.tick_at, fetch.as_mut())
-                        .await
+                    let result = match tokio::time::timeout_at(flight.tick_at, fetch.as_mut()).await
                     {
                         Ok(result) => result,
                         Err(_) => {

@@ -1,0 +1,283 @@
+//! DPoP (RFC 9449) proofs: a key the client holds, and the signed JWT that proves it on a
+//! request.
+//!
+//! A [`DpopKey`] is generated (ES256 by default, or EdDSA) or read from PEM (ES256, EdDSA or
+//! RS256). Its header — `typ: dpop+jwt`, `alg` and the public `jwk` — is encoded once, so a
+//! [`proof`](DpopKey::proof) costs its claims, one signature and base64: for ES256 and
+//! EdDSA, the key is kept parsed (no per-proof key decoding, no recoverable signature).
+//!
+//! ```
+//! use token_refresh::dpop::DpopKey;
+//!
+//! let key = DpopKey::generate();
+//! let proof = key.proof("POST", "https://auth.example.com/token?x=1", None, None)?;
+//! assert_eq!(proof.split('.').count(), 3);
+//! assert_eq!(key.thumbprint().len(), 43); // base64url of a SHA-256
+//! # Ok::<(), token_refresh::Error>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::SigningAlgorithm;
+use crate::error::{Error, Result};
+use crate::keys::{self, Parsed};
+
+/// The `typ` of a DPoP proof (RFC 9449 §4.2).
+pub const PROOF_TYPE: &str = "dpop+jwt";
+
+/// A DPoP key: the private key a client proves possession of, with its public JWK and
+/// RFC 7638 thumbprint. Cheap to clone; the key is redacted in `Debug` and zeroized on drop
+/// (by the RustCrypto key types).
+#[derive(Clone)]
+pub struct DpopKey {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    key: Key,
+    /// The public JWK, members in RFC 7638 order.
+    jwk: Value,
+    thumbprint: String,
+    /// `base64url(header) + "."`, the same for every proof of this key.
+    header: String,
+}
+
+enum Key {
+    Es256(p256::ecdsa::SigningKey),
+    EdDsa(ed25519_dalek::SigningKey),
+    Rs256(Box<rsa::pkcs1v15::SigningKey<Sha256>>),
+}
+
+impl DpopKey {
+    /// A fresh P-256 key (ES256), the algorithm every DPoP server supports.
+    pub fn generate() -> Self {
+        let secret = p256::SecretKey::random(&mut chacha20poly1305::aead::OsRng);
+        Self::from_parsed(Parsed::P256(secret)).expect("a generated P-256 key is usable")
+    }
+
+    /// A fresh Ed25519 key (EdDSA): the fastest proofs, for servers that list `EdDSA` in
+    /// `dpop_signing_alg_values_supported`.
+    pub fn generate_ed25519() -> Self {
+        use chacha20poly1305::aead::rand_core::RngCore as _;
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        chacha20poly1305::aead::OsRng.fill_bytes(&mut *seed);
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        Self::from_parsed(Parsed::Ed25519(key)).expect("a generated Ed25519 key is usable")
+    }
+
+    /// A key from PEM (PKCS#8, PKCS#1 or SEC1): P-256 signs ES256, Ed25519 EdDSA, RSA
+    /// (2048 bits or more) RS256. Fails with [`Error::InvalidKey`] saying what is wrong.
+    pub fn from_pem(pem: impl AsRef<[u8]>) -> Result<Self> {
+        Self::from_parsed(keys::parse_private_pem(pem.as_ref())?)
+    }
+
+    fn from_parsed(parsed: Parsed) -> Result<Self> {
+        let public = keys::public_jwk_of(&parsed)?;
+        let (key, algorithm) = match parsed {
+            Parsed::P256(secret) => (Key::Es256(secret.into()), SigningAlgorithm::ES256),
+            Parsed::Ed25519(key) => (Key::EdDsa(key), SigningAlgorithm::EdDSA),
+            Parsed::Rsa(key) => (
+                Key::Rs256(Box::new(rsa::pkcs1v15::SigningKey::new(key))),
+                SigningAlgorithm::RS256,
+            ),
+        };
+        let jwk = canonical_jwk(&public)?;
+        let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.to_string().as_bytes()));
+        let header = json!({ "typ": PROOF_TYPE, "alg": algorithm.name(), "jwk": jwk });
+        let header = format!("{}.", URL_SAFE_NO_PAD.encode(header.to_string()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                key,
+                jwk,
+                thumbprint,
+                header,
+            }),
+        })
+    }
+
+    /// The algorithm of this key's proofs: ES256, EdDSA or RS256.
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        match self.inner.key {
+            Key::Es256(_) => SigningAlgorithm::ES256,
+            Key::EdDsa(_) => SigningAlgorithm::EdDSA,
+            Key::Rs256(_) => SigningAlgorithm::RS256,
+        }
+    }
+
+    /// The public JWK that goes in every proof's header (only the members RFC 7638 hashes).
+    pub fn public_jwk(&self) -> &Value {
+        &self.inner.jwk
+    }
+
+    /// The RFC 7638 JWK SHA-256 thumbprint, base64url: what a server binds DPoP tokens to
+    /// (`cnf.jkt`) and what `dpop_jkt` names.
+    pub fn thumbprint(&self) -> &str {
+        &self.inner.thumbprint
+    }
+
+    /// A proof for a request with `method` (`htm`) to `uri` (`htu`, without its query and
+    /// fragment), issued now, with a fresh `jti`; `access_token` adds `ath` (the base64url
+    /// SHA-256 of the token, for requests to a resource server), `nonce` the server's
+    /// `DPoP-Nonce`.
+    pub fn proof(
+        &self,
+        method: &str,
+        uri: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String> {
+        let htu = uri.split(['?', '#']).next().unwrap_or(uri);
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut claims = json!({
+            "jti": keys::random_jti(),
+            "htm": method,
+            "htu": htu,
+            "iat": iat,
+        });
+        if let Some(token) = access_token {
+            claims["ath"] = URL_SAFE_NO_PAD
+                .encode(Sha256::digest(token.as_bytes()))
+                .into();
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = nonce.into();
+        }
+        let mut jwt = String::with_capacity(self.inner.header.len() + 512);
+        jwt.push_str(&self.inner.header);
+        URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut jwt);
+        let signature = self.sign(jwt.as_bytes())?;
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
+        Ok(jwt)
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        use p256::ecdsa::signature::{RandomizedSigner as _, SignatureEncoding as _, Signer as _};
+        match &self.inner.key {
+            Key::Es256(key) => {
+                let signature: p256::ecdsa::Signature = key.sign(message);
+                Ok(signature.to_bytes().to_vec())
+            }
+            Key::EdDsa(key) => Ok(ed25519_dalek::Signer::sign(key, message)
+                .to_bytes()
+                .to_vec()),
+            Key::Rs256(key) => key
+                .try_sign_with_rng(&mut chacha20poly1305::aead::OsRng, message)
+                .map(|s| s.to_vec())
+                .map_err(|e| Error::Signing(e.to_string())),
+        }
+    }
+}
+
+/// The JWK with only the required members, in lexicographic order (RFC 7638 §3.2), which is
+/// what its thumbprint hashes and what proofs carry.
+fn canonical_jwk(public: &Value) -> Result<Value> {
+    let member = |name: &str| {
+        public.get(name).cloned().ok_or_else(|| Error::InvalidKey {
+            problem: format!("the public JWK lacks `{name}`"),
+        })
+    };
+    // serde_json's map keeps its keys sorted, so `to_string` is the canonical form.
+    Ok(match public.get("kty").and_then(Value::as_str) {
+        Some("EC") => {
+            json!({ "crv": member("crv")?, "kty": "EC", "x": member("x")?, "y": member("y")? })
+        }
+        Some("OKP") => json!({ "crv": member("crv")?, "kty": "OKP", "x": member("x")? }),
+        Some("RSA") => json!({ "e": member("e")?, "kty": "RSA", "n": member("n")? }),
+        _ => {
+            return Err(Error::InvalidKey {
+                problem: "a DPoP key is EC P-256, Ed25519 or RSA".into(),
+            });
+        }
+    })
+}
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("algorithm", &self.algorithm())
+            .field("thumbprint", &self.inner.thumbprint)
+            .field("key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(proof: &str) -> Value {
+        let part = proof.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn proofs_carry_what_rfc_9449_asks_for() {
+        let key = DpopKey::generate();
+        let proof = key
+            .proof(
+                "GET",
+                "https://rs.example.com/v2/items?page=2#top",
+                Some("tok3n"),
+                Some("n-1"),
+            )
+            .unwrap();
+        let header: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(proof.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["typ"], PROOF_TYPE);
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(&header["jwk"], key.public_jwk());
+        assert!(header["jwk"].get("d").is_none(), "no private member");
+        let claims = claims(&proof);
+        assert_eq!(claims["htm"], "GET");
+        assert_eq!(claims["htu"], "https://rs.example.com/v2/items");
+        assert_eq!(claims["nonce"], "n-1");
+        assert_eq!(
+            claims["ath"],
+            URL_SAFE_NO_PAD.encode(Sha256::digest(b"tok3n"))
+        );
+        let again = key
+            .proof("GET", "https://rs.example.com/", None, None)
+            .unwrap();
+        assert_ne!(claims["jti"], self::claims(&again)["jti"]);
+        assert!(self::claims(&again).get("ath").is_none());
+    }
+
+    #[test]
+    fn the_thumbprint_is_rfc_7638s() {
+        // RFC 7638 §3.1's example key and thumbprint.
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        let canonical = canonical_jwk(&jwk).unwrap();
+        let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.to_string().as_bytes()));
+        assert_eq!(thumbprint, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn keys_stay_secret() {
+        let key = DpopKey::generate_ed25519();
+        let text = format!("{key:?}");
+        assert!(
+            text.contains("EdDSA") && text.contains("[REDACTED]"),
+            "{text}"
+        );
+    }
+}
