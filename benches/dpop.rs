@@ -20,7 +20,8 @@ use token_refresh::dpop::DpopKey;
 
 const GROUP: &str = "dpop_proof";
 const URI: &str = "https://api.example.com/v2/projects/my-project/devices?page_size=100";
-const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJib3QiLCJjbmYiOnsiamt0IjoiYWJjIn19.c2lnbmF0dXJl";
+const TOKEN: &str =
+    "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJib3QiLCJjbmYiOnsiamt0IjoiYWJjIn19.c2lnbmF0dXJl";
 
 fn main() {
     let mut bench = Bench::start();
@@ -39,7 +40,9 @@ fn main() {
     let bearer = AccessToken::new(TOKEN, std::time::Duration::from_secs(3600)).expect("a token");
     {
         let mut group = bench.criterion.benchmark_group(GROUP);
-        group.bench_function("bearer_header", |b| b.iter(|| black_box(&bearer).header_value()));
+        group.bench_function("bearer_header", |b| {
+            b.iter(|| black_box(&bearer).header_value())
+        });
         group.bench_function("bare_ES256", |b| {
             b.iter(|| {
                 let signature: p256::ecdsa::Signature = p256_key.sign(black_box(&message));
@@ -49,7 +52,12 @@ fn main() {
         group.bench_function("proof_ES256", |b| {
             b.iter(|| {
                 es256
-                    .proof("GET", black_box(URI), Some(TOKEN), Some("server-nonce-0123456789"))
+                    .proof(
+                        "GET",
+                        black_box(URI),
+                        Some(TOKEN),
+                        Some("server-nonce-0123456789"),
+                    )
                     .expect("a proof")
             })
         });
@@ -59,7 +67,12 @@ fn main() {
         group.bench_function("proof_EdDSA", |b| {
             b.iter(|| {
                 eddsa
-                    .proof("GET", black_box(URI), Some(TOKEN), Some("server-nonce-0123456789"))
+                    .proof(
+                        "GET",
+                        black_box(URI),
+                        Some(TOKEN),
+                        Some("server-nonce-0123456789"),
+                    )
                     .expect("a proof")
             })
         });

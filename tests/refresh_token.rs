@@ -8,7 +8,7 @@ mod common;
 
 use common::LogCapture;
 use token_refresh::emulator::Emulator;
-use token_refresh::store::FileStore;
+use token_refresh::store::{FileStore, StoreConfig, StoreError, TokenStore};
 use token_refresh::{ClientAuth, Error, OAuthClient, RefreshToken, TokenProvider, TokenSource};
 
 fn client(emulator: &Emulator) -> OAuthClient {
@@ -200,4 +200,57 @@ async fn an_empty_refresh_token_fails_before_anything_is_sent() {
         "{error:?}"
     );
     assert_eq!(emulator.stats().token_requests, 0);
+}
+
+/// A store that cannot compare-and-swap: a `FileStore` without `replace_if`.
+#[derive(Debug)]
+struct NoSwap(FileStore);
+
+#[async_trait::async_trait]
+impl TokenStore for NoSwap {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        entry: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.0.put(key, entry, ttl).await
+    }
+    async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        self.0.delete_if(key, expected).await
+    }
+    async fn try_lease(
+        &self,
+        key: &str,
+        fence: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.0.try_lease(key, fence, ttl).await
+    }
+    async fn release(&self, key: &str, fence: &str) -> Result<(), StoreError> {
+        self.0.release(key, fence).await
+    }
+    fn sealing(&self) -> StoreConfig {
+        self.0.sealing()
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_swap_is_refused_before_a_refresh_token_is_spent() {
+    let emulator = Emulator::start().await.unwrap();
+    let dir = temp_dir("refresh-noswap");
+    let provider = TokenProvider::builder(source(&emulator, &emulator.issue_refresh_token()))
+        .store(NoSwap(FileStore::new(&dir).encryption_key([3; 32])))
+        .try_build()
+        .unwrap();
+    let error = provider.token().await.unwrap_err();
+    assert!(
+        matches!(error.last_attempt(), Error::Config(text) if text.contains("compare-and-swap")),
+        "{error:?}"
+    );
+    assert_eq!(emulator.stats().token_requests, 0, "nothing was spent");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -211,6 +211,13 @@ impl RefreshToken {
 
     /// Under the store's lease for the refresh token: read it, spend it, swap in the new one.
     async fn refresh_shared(&self, store: &SourceStore) -> Result<AccessToken> {
+        if !store.swaps() {
+            return Err(Error::Config(format!(
+                "the token store {store:?} cannot compare-and-swap (TokenStore::swaps and \
+                 replace_if): a refresh token shared through it could be spent twice, so none \
+                 is spent"
+            )));
+        }
         let key = store.key("refresh-token");
         let fence = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let give_up = tokio::time::Instant::now()

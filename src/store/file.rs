@@ -234,6 +234,10 @@ impl TokenStore for FileStore {
         Ok(())
     }
 
+    fn swaps(&self) -> bool {
+        true
+    }
+
     fn sealing(&self) -> StoreConfig {
         self.config.clone()
     }

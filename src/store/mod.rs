@@ -99,8 +99,8 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// (`None`: only if there is no entry); returns whether it did. This is what makes the
     /// rotation of a refresh token safe across processes
     /// ([`RefreshToken`](crate::RefreshToken)): a store that implements it must do it
-    /// atomically. The default fails, so the refresh-token grant refuses to spend a refresh
-    /// token through a store that cannot swap it safely; the access-token paths never call it.
+    /// atomically, and say so with [`swaps`](Self::swaps). The default fails; the
+    /// access-token paths never call it.
     async fn replace_if(
         &self,
         key: &str,
@@ -114,6 +114,13 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
              which rotating refresh tokens through a store needs"
                 .into(),
         )
+    }
+
+    /// Whether [`replace_if`](Self::replace_if) is implemented (atomically). The
+    /// refresh-token grant refuses, before it spends anything, to share a refresh token
+    /// through a store that cannot swap it. Default: `false`.
+    fn swaps(&self) -> bool {
+        false
     }
 
     /// Takes the refresh lease for `key`, marked with `fence` (unique per attempt), unless

@@ -246,6 +246,10 @@ impl TokenStore for RedisStore {
             .map(drop)
     }
 
+    fn swaps(&self) -> bool {
+        true
+    }
+
     fn sealing(&self) -> StoreConfig {
         self.config.clone()
     }

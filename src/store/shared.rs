@@ -50,6 +50,11 @@ impl SourceStore {
         format!("{}.{name}", self.key)
     }
 
+    /// Whether the store can compare-and-swap ([`TokenStore::swaps`]).
+    pub(crate) fn swaps(&self) -> bool {
+        self.store.swaps()
+    }
+
     /// How long a lease taken here lasts if its holder never releases it.
     pub(crate) fn lease_ttl(&self) -> Duration {
         self.lease_ttl
