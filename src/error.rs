@@ -301,6 +301,14 @@ pub enum Error {
         transient: bool,
     },
 
+    /// A DPoP token request was answered with a `Bearer` token: the server ignored the
+    /// proof, and the token is not bound to the key.
+    #[error(
+        "the token endpoint answered a DPoP token request with a Bearer token: allow that with \
+         TokenEndpoint::dpop_allow_bearer(true), or check the server's DPoP settings"
+    )]
+    DpopNotBound,
+
     /// The metadata document names another issuer than the one asked for (RFC 8414 §3.3):
     /// refused, as a mix-up attack or a misconfiguration would look.
     #[error("the metadata of issuer {expected} names issuer {found}: refused (RFC 8414 §3.3)")]

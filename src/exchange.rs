@@ -2,7 +2,7 @@
 //! answer turned into a token or a precise error.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use crate::defaults::{
     CONNECT_TIMEOUT, DEFAULT_DISCOVERY_TTL, DEFAULT_EXPIRES_IN, DEFAULT_REQUEST_TIMEOUT,
     MAX_EXPIRES_IN, MAX_RESPONSE_BYTES,
 };
+use crate::dpop::DpopKey;
 use crate::error::{Error, Result, Scrubber};
 use crate::keys::{self, Jws, Signer};
 use crate::metadata::{Discovery, ServerMetadata};
@@ -120,7 +121,46 @@ pub struct TokenEndpoint {
     client: Option<reqwest::Client>,
     /// Set for [`discover`](Self::discover): the token URL comes from the metadata.
     discovery: Option<Arc<Discovery>>,
+    /// Set for [`dpop`](Self::dpop): token requests carry proofs.
+    dpop: Option<Arc<Dpop>>,
 }
+
+/// A token endpoint's DPoP settings and the last nonce it gave.
+struct Dpop {
+    key: DpopKey,
+    allow_bearer: bool,
+    nonce: Mutex<Option<String>>,
+}
+
+impl Dpop {
+    fn nonce(&self) -> Option<String> {
+        self.nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps the `DPoP-Nonce` of a response, if it has a usable one, and returns it.
+    fn update_nonce(&self, headers: &HeaderMap) -> Option<String> {
+        let nonce = headers.get(DPOP_NONCE)?.to_str().ok()?.trim().to_owned();
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+            return None;
+        }
+        *self
+            .nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.clone());
+        Some(nonce)
+    }
+}
+
+/// The `DPoP` request header of RFC 9449.
+const DPOP: &str = "dpop";
+/// The `DPoP-Nonce` response header.
+const DPOP_NONCE: &str = "dpop-nonce";
+/// Longest `DPoP-Nonce` kept: a server's nonce is a short opaque string; a huge one is not
+/// copied into every proof.
+const MAX_NONCE_LEN: usize = 512;
 
 impl TokenEndpoint {
     /// The endpoint at `url`. Does no I/O; the URL is checked at the first request.
@@ -132,6 +172,7 @@ impl TokenEndpoint {
             assertion_audience: None,
             client: None,
             discovery: None,
+            dpop: None,
         }
         .warmed()
     }
@@ -181,6 +222,34 @@ impl TokenEndpoint {
             ))),
             ..Self::new(issuer)
         }
+    }
+
+    /// Sends a DPoP proof (RFC 9449) signed with `key` with every token request, answers a
+    /// `use_dpop_nonce` error once with the server's `DPoP-Nonce` (kept for the next
+    /// requests, and updated from every answer), and accepts `token_type` `DPoP`: the token
+    /// is then [bound to the key](AccessToken::dpop_key). A `Bearer` answer is refused
+    /// ([`Error::DpopNotBound`]) unless [`dpop_allow_bearer`](Self::dpop_allow_bearer).
+    /// Default: no DPoP.
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(Arc::new(Dpop {
+            key,
+            allow_bearer: self.dpop.as_ref().is_some_and(|d| d.allow_bearer),
+            nonce: Mutex::new(None),
+        }));
+        self
+    }
+
+    /// Accepts a `Bearer` token in answer to a DPoP token request (a server that ignores
+    /// DPoP). No effect without [`dpop`](Self::dpop). Default: `false`.
+    pub fn dpop_allow_bearer(mut self, allow: bool) -> Self {
+        if let Some(dpop) = &self.dpop {
+            self.dpop = Some(Arc::new(Dpop {
+                key: dpop.key.clone(),
+                allow_bearer: allow,
+                nonce: Mutex::new(dpop.nonce()),
+            }));
+        }
+        self
     }
 
     /// How long discovered metadata is used before it is fetched again; a re-fetch that
@@ -320,6 +389,11 @@ impl TokenEndpoint {
             client: Some(client),
             ..self
         }
+    }
+
+    /// The DPoP key of token requests, if [`dpop`](Self::dpop) set one.
+    pub fn dpop_key(&self) -> Option<&DpopKey> {
+        self.dpop.as_ref().map(|d| &d.key)
     }
 
     /// The token URL; for a [discovered](Self::discover) endpoint, the issuer.
@@ -529,64 +603,92 @@ impl<'a> TokenRequest<'a> {
             self.scrubber = std::mem::take(&mut self.scrubber).secret(assertion.expose_secret());
         }
         let body = SecretString::from(std::mem::take(&mut self.form));
-        // A body that cannot be cloned: no client resends it to a 307/308's target.
-        let stream = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from(
-            body.expose_secret().to_owned(),
-        )));
-        let mut request = client
-            .post(url.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
-            .timeout(endpoint.timeout)
-            .body(stream);
-        if let Some(basic) = &self.basic {
-            let mut value = HeaderValue::try_from(basic.expose_secret())
-                .map_err(|_| Error::Config("the client credentials cannot be sent".into()))?;
-            value.set_sensitive(true);
-            request = request.header(AUTHORIZATION, value);
-        }
-        let sent_at = Instant::now();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| endpoint.transport_error(&e))?;
-        if !same_origin(response.url(), &url) {
-            // A client that follows redirects took a 301/302/303 (without the body).
-            return Err(Error::Redirect {
-                location: Some(origin_of(response.url())),
-            });
-        }
-        let status = response.status().as_u16();
-        if response.status().is_redirection() {
-            let location = response
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| url.join(l).ok())
-                .map(|l| origin_of(&l));
-            return Err(Error::Redirect { location });
-        }
-        let retry_after = retry_after(response.headers());
-        let body = match read_capped(response, MAX_RESPONSE_BYTES).await {
-            Ok(body) => body,
-            // An error status with a huge body (a proxy's HTML page) is still that status:
-            // judge it without the body, so a 503 stays transient and keeps its Retry-After.
-            Err(ReadError::TooLarge) if !(200..300).contains(&status) => Vec::new(),
-            Err(ReadError::TooLarge) => {
-                return Err(Error::ResponseTooLarge {
-                    limit: MAX_RESPONSE_BYTES,
+        let dpop = endpoint.dpop.as_deref();
+        // With DPoP, a 400 `use_dpop_nonce` is answered once more with the server's nonce.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // A body that cannot be cloned: no client resends it to a 307/308's target.
+            let stream = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from(
+                body.expose_secret().to_owned(),
+            )));
+            let mut request = client
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(ACCEPT, "application/json")
+                .timeout(endpoint.timeout)
+                .body(stream);
+            if let Some(basic) = &self.basic {
+                let mut value = HeaderValue::try_from(basic.expose_secret())
+                    .map_err(|_| Error::Config("the client credentials cannot be sent".into()))?;
+                value.set_sensitive(true);
+                request = request.header(AUTHORIZATION, value);
+            }
+            if let Some(dpop) = dpop {
+                let nonce = dpop.nonce();
+                let proof = dpop.key.proof("POST", &target, None, nonce.as_deref())?;
+                request = request.header(DPOP, proof);
+            }
+            let sent_at = Instant::now();
+            let response = request
+                .send()
+                .await
+                .map_err(|e| endpoint.transport_error(&e))?;
+            if !same_origin(response.url(), &url) {
+                // A client that follows redirects took a 301/302/303 (without the body).
+                return Err(Error::Redirect {
+                    location: Some(origin_of(response.url())),
                 });
             }
-            Err(ReadError::Http(e)) => return Err(endpoint.transport_error(&e)),
-        };
-        parse_full(
-            status,
-            retry_after,
-            &body,
-            sent_at,
-            &self.scrubber,
-            self.not_applicable,
-        )
+            let status = response.status().as_u16();
+            if response.status().is_redirection() {
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| url.join(l).ok())
+                    .map(|l| origin_of(&l));
+                return Err(Error::Redirect { location });
+            }
+            let new_nonce = dpop.and_then(|dpop| dpop.update_nonce(response.headers()));
+            let retry_after = retry_after(response.headers());
+            let body = match read_capped(response, MAX_RESPONSE_BYTES).await {
+                Ok(body) => body,
+                // An error status with a huge body (a proxy's HTML page) is still that
+                // status: judge it without the body, so a 503 stays transient and keeps its
+                // Retry-After.
+                Err(ReadError::TooLarge) if !(200..300).contains(&status) => Vec::new(),
+                Err(ReadError::TooLarge) => {
+                    return Err(Error::ResponseTooLarge {
+                        limit: MAX_RESPONSE_BYTES,
+                    });
+                }
+                Err(ReadError::Http(e)) => return Err(endpoint.transport_error(&e)),
+            };
+            let result = parse_full(
+                status,
+                retry_after,
+                &body,
+                sent_at,
+                &self.scrubber,
+                Accept {
+                    not_applicable: self.not_applicable,
+                    dpop,
+                },
+            );
+            match result {
+                Err(error)
+                    if attempt == 1
+                        && new_nonce.is_some()
+                        && error.oauth_error() == Some("use_dpop_nonce") =>
+                {
+                    tracing::debug!(
+                        "the token endpoint wants a DPoP nonce: sending the request again with it"
+                    );
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Accepts `token_type` `N_A` (RFC 8693 §2.2.1: the issued token is not an access
@@ -751,17 +853,36 @@ pub(crate) fn parse_response(
     sent_at: Instant,
     scrubber: &Scrubber,
 ) -> Result<AccessToken> {
-    parse_full(status, retry_after, body, sent_at, scrubber, false).map(TokenResponse::into_token)
+    parse_full(
+        status,
+        retry_after,
+        body,
+        sent_at,
+        scrubber,
+        Accept {
+            not_applicable: false,
+            dpop: None,
+        },
+    )
+    .map(TokenResponse::into_token)
 }
 
-/// [`parse_response`] keeping the whole answer; `not_applicable` accepts `token_type` `N_A`.
+/// Which `token_type`s a token request accepts besides `Bearer`.
+struct Accept<'a> {
+    /// `N_A` (a token exchange).
+    not_applicable: bool,
+    /// `DPoP`, for a request that sent a proof; then `Bearer` only if allowed.
+    dpop: Option<&'a Dpop>,
+}
+
+/// [`parse_response`] keeping the whole answer, accepting the token types of `accept`.
 fn parse_full(
     status: u16,
     retry_after: Option<Duration>,
     body: &[u8],
     sent_at: Instant,
     scrubber: &Scrubber,
-    not_applicable: bool,
+    accept: Accept<'_>,
 ) -> Result<TokenResponse> {
     let success = (200..300).contains(&status);
     let json = serde_json::from_slice::<Value>(body);
@@ -814,9 +935,19 @@ fn parse_full(
         Some(_) => return Err(invalid("access_token", "it is not a string")),
         None => return Err(Error::MissingField("access_token")),
     };
+    let mut bound = None;
     match object.get("token_type") {
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
-        Some(Value::String(t)) if not_applicable && t == "N_A" => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {
+            if let Some(dpop) = accept.dpop
+                && !dpop.allow_bearer
+            {
+                return Err(Error::DpopNotBound);
+            }
+        }
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("dpop") && accept.dpop.is_some() => {
+            bound = accept.dpop.map(|dpop| dpop.key.clone());
+        }
+        Some(Value::String(t)) if accept.not_applicable && t == "N_A" => {}
         Some(Value::String(t)) => return Err(Error::UnsupportedTokenType(scrubber.text(t))),
         Some(_) => return Err(invalid("token_type", "it is not a string")),
         None => return Err(Error::MissingField("token_type")),
@@ -835,6 +966,9 @@ fn parse_full(
         .map_err(|_| invalid("access_token", "it cannot be sent in an HTTP header"))?;
     if let Some(kind) = issued_token_type {
         token = token.with_issued_token_type(scrubber.text(kind));
+    }
+    if let Some(key) = bound {
+        token = token.with_dpop(key);
     }
     Ok(TokenResponse {
         token,

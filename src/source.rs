@@ -46,6 +46,14 @@ pub trait TokenSource: Send + Sync + 'static {
     fn attach_store(&self, store: crate::store::SourceStore) {
         let _ = store;
     }
+
+    /// The DPoP key this source's tokens are bound to, if it asks for DPoP-bound tokens: a
+    /// provider with a store binds a stored DPoP token to it again (and ignores one bound
+    /// to another key). The built-in grants give their endpoint's
+    /// ([`TokenEndpoint::dpop`](crate::TokenEndpoint::dpop)). Default: `None`.
+    fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
+        None
+    }
 }
 
 #[async_trait::async_trait]

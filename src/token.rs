@@ -37,6 +37,9 @@ struct Inner {
     accepted: AtomicBool,
     /// RFC 8693's `issued_token_type`, when a token exchange said what it issued.
     issued_token_type: Option<Box<str>>,
+    /// The key a DPoP-bound token is bound to (RFC 9449): requests carry `DPoP <token>`
+    /// and a proof signed with it.
+    dpop: Option<crate::dpop::DpopKey>,
 }
 
 impl AccessToken {
@@ -80,6 +83,7 @@ impl AccessToken {
                     .unwrap_or_else(|| issued_at + FAR_FUTURE),
                 accepted: AtomicBool::new(false),
                 issued_token_type: None,
+                dpop: None,
             }),
         })
     }
@@ -92,17 +96,45 @@ impl AccessToken {
 
     /// The same token, marked with the `issued_token_type` it was issued as.
     pub(crate) fn with_issued_token_type(self, kind: impl Into<Box<str>>) -> Self {
-        let inner = &self.inner;
+        let mut inner = self.copy_inner();
+        inner.issued_token_type = Some(kind.into());
         Self {
-            inner: Arc::new(Inner {
-                value: inner.value.clone(),
-                header: inner.header.clone(),
-                issued_at: inner.issued_at,
-                expires_at: inner.expires_at,
-                accepted: AtomicBool::new(inner.accepted.load(Ordering::Relaxed)),
-                issued_token_type: Some(kind.into()),
-            }),
+            inner: Arc::new(inner),
         }
+    }
+
+    /// The same token, bound to the DPoP `key` (RFC 9449): its header is `DPoP <token>`.
+    pub(crate) fn with_dpop(self, key: crate::dpop::DpopKey) -> Self {
+        let mut inner = self.copy_inner();
+        if let Ok(mut header) =
+            HeaderValue::try_from(format!("DPoP {}", inner.value.expose_secret()))
+        {
+            header.set_sensitive(true);
+            inner.header = header;
+        }
+        inner.dpop = Some(key);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn copy_inner(&self) -> Inner {
+        let inner = &self.inner;
+        Inner {
+            value: inner.value.clone(),
+            header: inner.header.clone(),
+            issued_at: inner.issued_at,
+            expires_at: inner.expires_at,
+            accepted: AtomicBool::new(inner.accepted.load(Ordering::Relaxed)),
+            issued_token_type: inner.issued_token_type.clone(),
+            dpop: inner.dpop.clone(),
+        }
+    }
+
+    /// The DPoP key this token is bound to (`token_type` `DPoP`, RFC 9449), if it is; a
+    /// request with it needs `Authorization: DPoP <token>` and a proof signed with this key.
+    pub fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.inner.dpop.as_ref()
     }
 
     /// The token itself. Keep it out of logs.
@@ -110,7 +142,8 @@ impl AccessToken {
         self.inner.value.expose_secret()
     }
 
-    /// `Authorization: Bearer <token>` as a header value marked sensitive.
+    /// `Authorization: Bearer <token>` (`DPoP <token>` for a [DPoP-bound](Self::dpop_key)
+    /// token) as a header value marked sensitive.
     pub fn header_value(&self) -> HeaderValue {
         self.inner.header.clone()
     }

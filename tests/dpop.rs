@@ -162,3 +162,203 @@ fn keys_load_from_pem_and_refuse_what_cannot_sign_proofs() {
     let body = secret.lines().nth(1).unwrap();
     assert!(!text.contains(body), "{text}");
 }
+
+#[cfg(feature = "emulator")]
+mod against_the_emulator {
+    use super::*;
+    use token_refresh::emulator::Emulator;
+    use token_refresh::store::FileStore;
+    use token_refresh::{ClientCredentials, TokenProvider, TokenSource};
+
+    fn source(emulator: &Emulator, key: &DpopKey) -> ClientCredentials {
+        emulator.client_credentials().dpop(key.clone())
+    }
+
+    /// POSTs a client-credentials form with `proof` as its DPoP header.
+    async fn post_with_proof(emulator: &Emulator, proof: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(emulator.token_url())
+            .basic_auth(emulator.client_id(), Some(emulator.client_secret()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("dpop", proof)
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_dpop_token_request_gets_a_token_bound_to_the_key() {
+        let emulator = Emulator::start().await.unwrap();
+        let key = DpopKey::generate();
+        let token = TokenProvider::new(source(&emulator, &key))
+            .token()
+            .await
+            .unwrap();
+        assert_eq!(
+            token.dpop_key().map(DpopKey::thumbprint),
+            Some(key.thumbprint())
+        );
+        assert!(token.header_value().to_str().unwrap().starts_with("DPoP "));
+        assert_eq!(emulator.stats().dpop_tokens, 1);
+        // Sent as a bearer token, a bound token is refused (RFC 9449 §7.1).
+        let status = reqwest::Client::new()
+            .get(format!("{}/projects", emulator.api_url()))
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+
+    #[tokio::test]
+    async fn the_nonce_dance_costs_one_extra_request_and_no_failed_attempt() {
+        let emulator = Emulator::start().await.unwrap();
+        emulator.require_dpop_nonce(true);
+        let key = DpopKey::generate_ed25519();
+        let provider = TokenProvider::new(source(&emulator, &key));
+        let token = provider.token().await.unwrap();
+        let stats = emulator.stats();
+        assert_eq!((stats.token_requests, stats.dpop_refusals), (2, 1));
+        assert_eq!(provider.health().consecutive_failures, 0);
+        // The nonce is kept: the next refresh needs no dance.
+        provider.invalidate(&token);
+        let token = provider.token().await.unwrap();
+        assert_eq!(emulator.stats().token_requests, 3);
+        // Rotated mid-run: one more 400, answered once with the new nonce.
+        emulator.rotate_dpop_nonce();
+        provider.invalidate(&token);
+        provider.token().await.unwrap();
+        let stats = emulator.stats();
+        assert_eq!((stats.token_requests, stats.dpop_refusals), (5, 2));
+        assert_eq!(stats.dpop_tokens, 3);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_keeps_refusing_the_nonce_gets_one_retry_only() {
+        let server = httpmock::MockServer::start_async().await;
+        let refusals = server
+            .mock_async(|when, then| {
+                when.method("POST").path("/token").header_exists("dpop");
+                then.status(400)
+                    .header("dpop-nonce", "always-another")
+                    .json_body(serde_json::json!({"error": "use_dpop_nonce"}));
+            })
+            .await;
+        let endpoint =
+            token_refresh::TokenEndpoint::new(server.url("/token")).dpop(DpopKey::generate());
+        let error = ClientCredentials::new(endpoint, "id", "secret")
+            .fetch_token()
+            .await
+            .unwrap_err();
+        assert_eq!(error.oauth_error(), Some("use_dpop_nonce"));
+        assert_eq!(
+            refusals.calls_async().await,
+            2,
+            "the first send and one retry"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replayed_proof_and_a_proof_for_another_url_are_refused() {
+        let emulator = Emulator::start().await.unwrap();
+        let key = DpopKey::generate();
+        let proof = key
+            .proof("POST", &emulator.token_url(), None, None)
+            .unwrap();
+        assert_eq!(post_with_proof(&emulator, &proof).await.0, 200);
+        let (status, body) = post_with_proof(&emulator, &proof).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_dpop_proof"))
+        );
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("replay")
+        );
+        let elsewhere = key
+            .proof("POST", "https://other.example.com/oauth2/token", None, None)
+            .unwrap();
+        let (status, body) = post_with_proof(&emulator, &elsewhere).await;
+        assert_eq!(status, 400);
+        assert!(
+            body["error_description"].as_str().unwrap().contains("htu"),
+            "{body}"
+        );
+        let wrong_method = key.proof("GET", &emulator.token_url(), None, None).unwrap();
+        let (status, body) = post_with_proof(&emulator, &wrong_method).await;
+        assert_eq!(status, 400);
+        assert!(
+            body["error_description"].as_str().unwrap().contains("htm"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bearer_answer_to_a_dpop_request_is_refused_unless_allowed() {
+        let server = httpmock::MockServer::start_async().await;
+        server
+            .mock_async(|when, then| {
+                when.method("POST").path("/token").header_exists("dpop");
+                then.status(200).json_body(serde_json::json!({
+                    "access_token": "plain-bearer", "token_type": "Bearer", "expires_in": 60
+                }));
+            })
+            .await;
+        let key = DpopKey::generate();
+        let endpoint = token_refresh::TokenEndpoint::new(server.url("/token")).dpop(key.clone());
+        let strict = ClientCredentials::new(endpoint.clone(), "id", "secret");
+        assert!(matches!(
+            strict.fetch_token().await,
+            Err(Error::DpopNotBound)
+        ));
+        let lenient = ClientCredentials::new(endpoint.dpop_allow_bearer(true), "id", "secret");
+        let token = lenient.fetch_token().await.unwrap();
+        assert!(token.dpop_key().is_none());
+        assert!(
+            token
+                .header_value()
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer ")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_shares_dpop_tokens_only_with_the_same_key() {
+        let emulator = Emulator::start().await.unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "token-refresh-dpop-store-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let key = DpopKey::generate();
+        let provider = |key: &DpopKey| {
+            TokenProvider::builder(source(&emulator, key))
+                .store(FileStore::new(&dir).encryption_key([5; 32]))
+                .try_build()
+                .unwrap()
+        };
+        let first = provider(&key).token().await.unwrap();
+        let again = provider(&key).token().await.unwrap();
+        assert_eq!(first.expose_secret(), again.expose_secret());
+        assert_eq!(
+            again.dpop_key().map(DpopKey::thumbprint),
+            Some(key.thumbprint())
+        );
+        assert_eq!(emulator.stats().token_requests, 1);
+        let other = DpopKey::generate();
+        let theirs = provider(&other).token().await.unwrap();
+        assert_ne!(theirs.expose_secret(), first.expose_secret());
+        assert_eq!(emulator.stats().token_requests, 2);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

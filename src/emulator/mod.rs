@@ -135,6 +135,7 @@ use crate::{ClientCredentials, ServiceAccount};
 
 mod body;
 mod client_auth;
+mod dpop;
 mod events;
 mod fault;
 mod form;
@@ -225,6 +226,10 @@ pub struct Stats {
     pub token_exchanges: u64,
     /// Requests for the metadata document (RFC 8414 or OpenID discovery).
     pub discovery_requests: u64,
+    /// Tokens issued bound to a DPoP key.
+    pub dpop_tokens: u64,
+    /// Token requests refused for their DPoP proof (`invalid_dpop_proof`, `use_dpop_nonce`).
+    pub dpop_refusals: u64,
 }
 
 /// The built-in Google service account of [`Emulator::google_key_file`]: a key made for the
@@ -260,6 +265,7 @@ struct State {
     stream_end: StreamEnd,
     stats: Stats,
     refresh_tokens: grants::RefreshTokens,
+    dpop: dpop::Dpop,
     /// Subject tokens of token exchanges, in order.
     subject_tokens: Vec<String>,
     /// The issuer the metadata names, when a test makes it differ from the origin.
@@ -270,6 +276,8 @@ struct IssuedToken {
     /// `None`: the TTL is too long to represent, so the token does not expire.
     expires_at: Option<Instant>,
     revoked: bool,
+    /// The thumbprint of the DPoP key a DPoP-bound token is bound to (`cnf.jkt`).
+    jkt: Option<String>,
 }
 
 /// A bearer token that checked out: its value and expiry.
@@ -285,6 +293,8 @@ enum TokenCheck {
     Unknown,
     Expired,
     Revoked,
+    /// A DPoP-bound token sent as a bearer token.
+    Bound,
 }
 
 impl Emulator {
@@ -490,6 +500,23 @@ impl Emulator {
         self.shared.lock().metadata_issuer = issuer;
     }
 
+    /// Makes the token endpoint demand a DPoP nonce (RFC 9449 §8): a proof without the
+    /// current one gets 400 `use_dpop_nonce` with a `DPoP-Nonce` header, and every token
+    /// response carries the current nonce. Default: off.
+    pub fn require_dpop_nonce(&self, on: bool) {
+        let mut state = self.shared.lock();
+        state.dpop.require_nonce = on;
+        if state.dpop.nonce.is_empty() {
+            state.dpop.rotate();
+        }
+    }
+
+    /// Replaces the DPoP nonce: proofs with the old one get `use_dpop_nonce` from now on.
+    /// Returns the new one.
+    pub fn rotate_dpop_nonce(&self) -> String {
+        self.shared.lock().dpop.rotate()
+    }
+
     /// The request counts so far.
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats.clone()
@@ -597,6 +624,7 @@ impl EmulatorBuilder {
                 stream_end: StreamEnd::default(),
                 stats: Stats::default(),
                 refresh_tokens: Default::default(),
+                dpop: Default::default(),
                 subject_tokens: Vec::new(),
                 metadata_issuer: None,
             }),
@@ -658,8 +686,8 @@ impl Shared {
         Some(fault)
     }
 
-    /// Issues a token; returns it with its lifetime.
-    fn issue_token(&self) -> (String, Duration) {
+    /// Issues a token, bound to the DPoP key `jkt` if given; returns it with its lifetime.
+    fn issue_token(&self, jkt: Option<String>) -> (String, Duration) {
         let token = format!("{:032x}", fastrand::u128(..));
         let mut state = self.lock();
         let ttl = state.token_ttl;
@@ -669,9 +697,13 @@ impl Shared {
                 // A TTL too long for `Instant` means a token that does not expire.
                 expires_at: Instant::now().checked_add(ttl),
                 revoked: false,
+                jkt: jkt.clone(),
             },
         );
         state.stats.token_successes += 1;
+        if jkt.is_some() {
+            state.stats.dpop_tokens += 1;
+        }
         (token, ttl)
     }
 
@@ -695,6 +727,8 @@ impl Shared {
             None => Err(TokenCheck::Missing),
             Some(None) => Err(TokenCheck::Unknown),
             Some(Some(issued)) if issued.revoked => Err(TokenCheck::Revoked),
+            // RFC 9449 §7.1: a DPoP-bound token is no bearer token.
+            Some(Some(issued)) if issued.jkt.is_some() => Err(TokenCheck::Bound),
             Some(Some(issued)) if issued.expires_at.is_some_and(|at| Instant::now() >= at) => {
                 Err(TokenCheck::Expired)
             }

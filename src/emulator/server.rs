@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::body::Body;
+use super::dpop::Refusal;
 use super::form::Rejection;
 use super::grants::{Spent, metadata};
 use super::race::first;
@@ -172,6 +173,19 @@ async fn token_endpoint(
         Ok(grant) => grant,
         Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
     };
+    // A DPoP proof is checked before anything is spent (a refresh token, say).
+    let jkt = if parts.headers.contains_key("dpop") {
+        let checked = shared
+            .lock()
+            .dpop
+            .check(&parts.headers, "POST", &shared.token_url);
+        match checked {
+            Ok(jkt) => Some(jkt),
+            Err(refusal) => return Ok(dpop_refusal(shared, refusal)),
+        }
+    } else {
+        None
+    };
     let mut body = Map::new();
     match &grant {
         Grant::RefreshToken { refresh_token, .. } => {
@@ -205,14 +219,18 @@ async fn token_endpoint(
         }
         Grant::JwtBearer | Grant::ClientCredentials { .. } => {}
     }
-    let (token, ttl) = shared.issue_token();
+    let bound = jkt.is_some();
+    let (token, ttl) = shared.issue_token(jkt);
     tracing::debug!(
         ?grant,
         expires_in = ttl.as_secs(),
         "emulator: issued an access token"
     );
     body.insert("access_token".into(), token.into());
-    body.insert("token_type".into(), "bearer".into());
+    body.insert(
+        "token_type".into(),
+        if bound { "DPoP" } else { "bearer" }.into(),
+    );
     body.insert("expires_in".into(), ttl.as_secs().into());
     if let Grant::ClientCredentials { scope: Some(scope) }
     | Grant::RefreshToken {
@@ -223,7 +241,33 @@ async fn token_endpoint(
     }
     let mut response = json_response(StatusCode::OK, &Value::Object(body));
     no_store(&mut response);
+    add_dpop_nonce(shared, &mut response);
     Ok(response)
+}
+
+/// 400 `use_dpop_nonce` (with the nonce) or `invalid_dpop_proof`.
+fn dpop_refusal(shared: &Shared, refusal: Refusal) -> Response<Body> {
+    shared.record(|s| s.dpop_refusals += 1);
+    let rejection = match refusal {
+        Refusal::UseNonce => Rejection::new(
+            "use_dpop_nonce",
+            "the DPoP proof must carry the nonce in the DPoP-Nonce header",
+        ),
+        Refusal::Invalid(problem) => Rejection::new("invalid_dpop_proof", problem),
+    };
+    let mut response = token_error(shared, StatusCode::BAD_REQUEST, &rejection);
+    add_dpop_nonce(shared, &mut response);
+    response
+}
+
+/// The current `DPoP-Nonce`, when the emulator demands one.
+fn add_dpop_nonce(shared: &Shared, response: &mut Response<Body>) {
+    let state = shared.lock();
+    if state.dpop.require_nonce
+        && let Ok(nonce) = HeaderValue::try_from(state.dpop.nonce.as_str())
+    {
+        response.headers_mut().insert("dpop-nonce", nonce);
+    }
 }
 
 fn token_error(shared: &Shared, status: StatusCode, rejection: &Rejection) -> Response<Body> {
@@ -351,6 +395,7 @@ fn unauthorized(problem: TokenCheck) -> Response<Body> {
         TokenCheck::Unknown => "the access token is not valid",
         TokenCheck::Expired => "the access token has expired",
         TokenCheck::Revoked => "the access token has been revoked",
+        TokenCheck::Bound => "the access token is DPoP-bound: send it as DPoP with a proof",
     };
     let mut response = dt_error(StatusCode::UNAUTHORIZED, message);
     response.headers_mut().insert(

@@ -227,6 +227,13 @@ impl ClientCredentials {
         self
     }
 
+    /// Asks for DPoP-bound tokens: every token request carries a proof signed with `key`;
+    /// see [`TokenEndpoint::dpop`]. Default: bearer tokens.
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.endpoint = self.endpoint.dpop(key);
+        self
+    }
+
     /// Allows a plain `http://` token URL on a host that is not loopback; the client secret
     /// would cross the network in clear text. Default: `false`.
     pub fn allow_http(mut self, allow: bool) -> Self {
@@ -266,12 +273,22 @@ impl TokenSource for ClientCredentials {
     /// extra parameters (audience included), and the secret, so rotating the secret changes
     /// the key.
     fn store_key(&self) -> Option<String> {
-        let key = KeyBuilder::new("client-credentials").part(self.endpoint.url());
+        let key = KeyBuilder::new("client-credentials")
+            .part(self.endpoint.url())
+            .optional(
+                self.endpoint
+                    .dpop_key()
+                    .map(crate::dpop::DpopKey::thumbprint),
+            );
         let mut key = self.client.key_parts(key).part(self.scopes.join(" "));
         for (name, value) in &self.params {
             key = key.part(name).part(value);
         }
         Some(key.finish())
+    }
+
+    fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
+        self.endpoint.dpop_key().cloned()
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {

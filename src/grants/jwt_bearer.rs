@@ -307,6 +307,13 @@ impl JwtBearer {
         self
     }
 
+    /// Asks for DPoP-bound tokens: every token request carries a proof signed with `key`;
+    /// see [`TokenEndpoint::dpop`]. Default: bearer tokens.
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.endpoint = self.endpoint.dpop(key);
+        self
+    }
+
     /// Allows a plain `http://` token URL on a host that is not loopback. The assertion is a
     /// credential that can be exchanged for tokens until it expires, so this is off by
     /// default; loopback hosts (tests, emulators) are always allowed. Default: `false`.
@@ -414,6 +421,11 @@ impl TokenSource for JwtBearer {
     fn store_key(&self) -> Option<String> {
         let key = KeyBuilder::new("jwt-bearer")
             .part(self.endpoint.url())
+            .optional(
+                self.endpoint
+                    .dpop_key()
+                    .map(crate::dpop::DpopKey::thumbprint),
+            )
             .optional(self.audience.as_deref())
             .part(self.scopes.join(" "));
         let key = match &self.assertion {
@@ -445,6 +457,10 @@ impl TokenSource for JwtBearer {
             }
         };
         Some(key.finish())
+    }
+
+    fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
+        self.endpoint.dpop_key().cloned()
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {

@@ -232,7 +232,14 @@ impl Inner {
             tracing::debug!(key = %fleet.key, "a stored entry did not open or has expired: ignored");
             return Look::Empty;
         };
-        let token = stored.token;
+        let mut token = stored.token;
+        if let Some(jkt) = &stored.dpop_jkt {
+            // A DPoP-bound token is of use only with its key: this source's, or none.
+            match self.source.dpop_key() {
+                Some(key) if key.thumbprint() == jkt => token = token.with_dpop(key),
+                _ => return Look::Empty,
+            }
+        }
         if Instant::now() >= Cached::new(&self.config, token.clone()).refresh_at {
             return Look::Empty;
         }

@@ -26,6 +26,9 @@ struct Wire {
     /// RFC 8693's `issued_token_type`, for a token from a token exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     issued_token_type: Option<String>,
+    /// The thumbprint of the DPoP key a DPoP-bound token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_jkt: Option<String>,
 }
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -38,6 +41,8 @@ pub(crate) struct Stored {
     pub(crate) token: AccessToken,
     /// The storm-guard interval of the forced refresh that fetched it, if one did.
     pub(crate) forced_interval: Option<Duration>,
+    /// The thumbprint of the DPoP key the token is bound to, if it is.
+    pub(crate) dpop_jkt: Option<String>,
 }
 
 /// `token` as an entry (JSON; the caller seals it); `forced_interval` if a rejection forced
@@ -53,6 +58,7 @@ pub(crate) fn encode(token: &AccessToken, forced_interval: Option<Duration>) -> 
         forced_interval_ms: forced_interval
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         issued_token_type: token.issued_token_type().map(str::to_owned),
+        dpop_jkt: token.dpop_key().map(|k| k.thumbprint().to_owned()),
     };
     serde_json::to_vec(&wire).expect("an entry always serializes")
 }
@@ -83,6 +89,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Stored> {
     Some(Stored {
         token,
         forced_interval: wire.forced_interval_ms.map(Duration::from_millis),
+        dpop_jkt: wire.dpop_jkt,
     })
 }
 
@@ -98,6 +105,7 @@ mod tests {
             lifetime_ms,
             forced_interval_ms: None,
             issued_token_type: None,
+            dpop_jkt: None,
         })
         .unwrap()
     }
