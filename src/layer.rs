@@ -257,6 +257,7 @@ where
             resend: None,
             grpc: false,
             min: None,
+            origin: None,
         };
         future.state = match shared
             .policy
@@ -274,8 +275,12 @@ where
                 let min = future.min;
                 match shared.policy.cached_token(min.as_ref()) {
                     // Sent in place: the polled-ready service is called at once.
-                    Some(token) => State::Call {
-                        fut: send(&mut self.inner, shared, &mut future, token, request),
+                    Some(token) => match send(&mut self.inner, shared, &mut future, token, request)
+                    {
+                        Ok(fut) => State::Call { fut },
+                        Err(error) => State::Failed {
+                            error: Some(error.into()),
+                        },
                     },
                     None => {
                         // Called later: the polled-ready service goes into the future, and
@@ -305,13 +310,16 @@ fn send<S, B>(
     slots: &mut impl Slots<B>,
     token: AccessToken,
     request: Request<B>,
-) -> S::Future
+) -> Result<S::Future>
 where
     S: Service<Request<B>>,
     B: ReplayBody,
 {
     let (mut parts, body) = request.into_parts();
-    AuthPolicy::attach(&mut parts.headers, &token);
+    let origin = shared
+        .policy
+        .attach(&mut parts.headers, &parts.method, &parts.uri, &token)?;
+    *slots.origin() = origin;
     let (body, replay) = body.into_replay(shared.replay_limit);
     if replay.is_possible() {
         let mut headers = Vec::with_capacity(parts.headers.len() - 1);
@@ -332,13 +340,14 @@ where
         });
     }
     *slots.token() = Some(token);
-    service.call(Request::from_parts(parts, body))
+    Ok(service.call(Request::from_parts(parts, body)))
 }
 
 /// Where [`send`] keeps the token and the resend: the future itself, or its projection.
 trait Slots<B> {
     fn token(&mut self) -> &mut Option<AccessToken>;
     fn resend(&mut self) -> &mut Option<Resend<B>>;
+    fn origin(&mut self) -> &mut Option<String>;
 }
 
 impl<S: Service<Request<B>>, B> Slots<B> for ResponseFuture<S, B> {
@@ -348,11 +357,15 @@ impl<S: Service<Request<B>>, B> Slots<B> for ResponseFuture<S, B> {
     fn resend(&mut self) -> &mut Option<Resend<B>> {
         &mut self.resend
     }
+    fn origin(&mut self) -> &mut Option<String> {
+        &mut self.origin
+    }
 }
 
 struct ProjectedSlots<'a, B> {
     token: &'a mut Option<AccessToken>,
     resend: &'a mut Option<Resend<B>>,
+    origin: &'a mut Option<String>,
 }
 
 impl<B> Slots<B> for ProjectedSlots<'_, B> {
@@ -361,6 +374,9 @@ impl<B> Slots<B> for ProjectedSlots<'_, B> {
     }
     fn resend(&mut self) -> &mut Option<Resend<B>> {
         self.resend
+    }
+    fn origin(&mut self) -> &mut Option<String> {
+        self.origin
     }
 }
 
@@ -409,6 +425,8 @@ pin_project_lite::pin_project! {
         resend: Option<Resend<B>>,
         grpc: bool,
         min: Option<MinValidity>,
+        // The origin a DPoP proof was made for: its answers' `DPoP-Nonce` is kept.
+        origin: Option<String>,
     }
 }
 
@@ -454,22 +472,34 @@ where
                     let mut slots = ProjectedSlots {
                         token: this.token,
                         resend: this.resend,
+                        origin: this.origin,
                     };
-                    State::Call {
-                        fut: send(service, this.shared, &mut slots, token, request),
+                    match send(service, this.shared, &mut slots, token, request) {
+                        Ok(fut) => State::Call { fut },
+                        Err(error) => return Poll::Ready(Err(error.into())),
                     }
                 }
                 StateProj::Call { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
                     let token = this.token.as_ref().expect("a token was attached");
-                    match AuthPolicy::verdict(response.status(), response.headers(), *this.grpc) {
+                    this.shared
+                        .policy
+                        .note_nonce(this.origin.as_deref(), response.headers());
+                    let nonce = match AuthPolicy::verdict(
+                        response.status(),
+                        response.headers(),
+                        *this.grpc,
+                    ) {
                         Verdict::Accepted => {
                             token.mark_accepted();
                             return Poll::Ready(Ok(response));
                         }
                         Verdict::Other => return Poll::Ready(Ok(response)),
-                        Verdict::Rejected => {}
-                    }
+                        // Not a rejection of the token: the same token, a proof with the
+                        // server's nonce.
+                        Verdict::Nonce if token.dpop_key().is_some() => true,
+                        Verdict::Nonce | Verdict::Rejected => false,
+                    };
                     let (policy, token, min) =
                         (this.shared.policy.clone(), token.clone(), *this.min);
                     let resend = this.resend.take();
@@ -482,6 +512,9 @@ where
                                 }
                                 let replayable =
                                     resend.as_ref().is_some_and(|r| r.body.can_replay());
+                                if nonce {
+                                    return (Ok(replayable.then_some(token)), resend);
+                                }
                                 let fresh =
                                     policy.after_rejection(&token, replayable, min, None).await;
                                 (fresh, resend)
@@ -511,7 +544,11 @@ where
                         headers.append(name, value);
                     }
                     *request.extensions_mut() = resend.extensions;
-                    AuthPolicy::attach(request.headers_mut(), &fresh);
+                    let (method, uri) = (request.method().clone(), request.uri().clone());
+                    *this.origin =
+                        this.shared
+                            .policy
+                            .attach(request.headers_mut(), &method, &uri, &fresh)?;
                     *this.token = Some(fresh);
                     State::Ready {
                         request: Box::new(Some(request)),
@@ -536,6 +573,9 @@ where
                 }
                 StateProj::Resend { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    this.shared
+                        .policy
+                        .note_nonce(this.origin.as_deref(), response.headers());
                     if let Some(token) = this.token.as_ref() {
                         let verdict =
                             AuthPolicy::verdict(response.status(), response.headers(), *this.grpc);

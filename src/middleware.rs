@@ -183,7 +183,18 @@ impl Middleware for AuthMiddleware {
                 .await
                 .map_err(token_error)?,
         };
-        AuthPolicy::attach(req.headers_mut(), &token);
+        // Only a DPoP proof needs the URI as an `http::Uri`: no parse for a bearer token.
+        let dpop = token.dpop_key().is_some();
+        let uri = if dpop {
+            url_to_uri(req.url())
+        } else {
+            http::Uri::default()
+        };
+        let method = req.method().clone();
+        let origin = self
+            .policy
+            .attach(req.headers_mut(), &method, &uri, &token)
+            .map_err(token_error)?;
         set_remaining(&mut req, deadline);
         let grpc = AuthPolicy::is_grpc(req.headers());
         // The URL is kept for the resend, and to tell whether a redirect took the request
@@ -198,13 +209,35 @@ impl Middleware for AuthMiddleware {
             // A redirect took the request elsewhere: this answer says nothing of the token.
             return Ok(response);
         }
+        self.policy
+            .note_nonce(origin.as_deref(), response.headers());
         match AuthPolicy::verdict(response.status(), response.headers(), grpc) {
             Verdict::Accepted => {
                 token.mark_accepted();
                 return Ok(response);
             }
             Verdict::Other => return Ok(response),
-            Verdict::Rejected => {}
+            Verdict::Nonce if token.dpop_key().is_some() => {
+                // Not a rejection of the token: the same token, a proof with the nonce.
+                let Some(replay) = replay else {
+                    return Ok(response);
+                };
+                drop(response);
+                let mut replay = replay.into_request(url);
+                let origin = self
+                    .policy
+                    .attach(replay.headers_mut(), &method, &uri, &token)
+                    .map_err(token_error)?;
+                set_remaining(&mut replay, deadline);
+                let mut response = next.run(replay, extensions).await?;
+                self.policy
+                    .note_nonce(origin.as_deref(), response.headers());
+                let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
+                self.policy.after_resend(&token, verdict);
+                response.extensions_mut().insert(token);
+                return Ok(response);
+            }
+            Verdict::Nonce | Verdict::Rejected => {}
         }
         let fresh = self
             .policy
@@ -215,9 +248,19 @@ impl Middleware for AuthMiddleware {
             (Some(fresh), Some(replay)) => {
                 drop(response);
                 let mut replay = replay.into_request(url);
-                AuthPolicy::attach(replay.headers_mut(), &fresh);
+                let uri = if fresh.dpop_key().is_some() {
+                    url_to_uri(replay.url())
+                } else {
+                    uri
+                };
+                let origin = self
+                    .policy
+                    .attach(replay.headers_mut(), &method, &uri, &fresh)
+                    .map_err(token_error)?;
                 set_remaining(&mut replay, deadline);
                 let mut response = next.run(replay, extensions).await?;
+                self.policy
+                    .note_nonce(origin.as_deref(), response.headers());
                 let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
                 self.policy.after_resend(&fresh, verdict);
                 response.extensions_mut().insert(fresh);
@@ -226,6 +269,12 @@ impl Middleware for AuthMiddleware {
             _ => Ok(response),
         }
     }
+}
+
+/// The request URL as an `http::Uri`, for the DPoP proof's `htu` (reqwest URLs always have
+/// a scheme and host).
+fn url_to_uri(url: &reqwest::Url) -> http::Uri {
+    url.as_str().parse().unwrap_or_default()
 }
 
 /// A token error as a middleware error. It shows the token error's message and returns the

@@ -1,12 +1,13 @@
 //! The one policy both integrations apply: where a token may go, what counts as a rejection,
 //! and what to do about one.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -77,6 +78,22 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// `scheme://host[:port]`, the port left out where it is the scheme's default (as a
+    /// URI names it, so that a proof's `htu` matches).
+    fn url(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match (self.scheme.as_str(), self.port) {
+            ("https", 443) | ("http", 80) => format!("{}://{host}", self.scheme),
+            (scheme, port) => format!("{scheme}://{host}:{port}"),
+        }
+    }
+}
+
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
@@ -125,6 +142,9 @@ pub(crate) enum Verdict {
     Accepted,
     /// HTTP 401 or gRPC `UNAUTHENTICATED` that a fresh token may cure.
     Rejected,
+    /// HTTP 401 `WWW-Authenticate: DPoP error="use_dpop_nonce"` with a `DPoP-Nonce`: the
+    /// token is fine, the proof lacked the server's nonce; sent again with it, once.
+    Nonce,
     /// Neither: a 5xx, or a rejection a fresh token does not cure (`insufficient_scope`).
     Other,
 }
@@ -140,6 +160,9 @@ pub(crate) struct AuthPolicy {
     /// Longest token wait per request; `None`: the provider's `max_wait`.
     max_token_wait: Option<Duration>,
     allow_with: &'static str,
+    /// The last `DPoP-Nonce` each origin gave (RFC 9449 §9), for the proofs of DPoP-bound
+    /// tokens.
+    nonces: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl AuthPolicy {
@@ -151,6 +174,7 @@ impl AuthPolicy {
             origins: None,
             bad_origin: None,
             max_token_wait: None,
+            nonces: Arc::default(),
             allow_with,
         }
     }
@@ -257,15 +281,22 @@ impl AuthPolicy {
     /// token.
     pub(crate) fn verdict(status: StatusCode, headers: &HeaderMap, grpc: bool) -> Verdict {
         if status == StatusCode::UNAUTHORIZED {
-            let scope = headers
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| bearer_error(v).as_deref() == Some("insufficient_scope"));
-            return if scope {
-                Verdict::Other
-            } else {
-                Verdict::Rejected
+            let challenges = || {
+                headers
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+            };
+            let scope = challenges()
+                .any(|v| challenge_error(v, "bearer").as_deref() == Some("insufficient_scope"));
+            let dpop = challenges().find_map(|v| challenge_error(v, "dpop"));
+            return match dpop.as_deref() {
+                Some("use_dpop_nonce") if headers.contains_key(DPOP_NONCE) => Verdict::Nonce,
+                // A proof the server refuses is not cured by a fresh token, nor by the same
+                // proof again.
+                Some("invalid_dpop_proof") => Verdict::Other,
+                _ if scope => Verdict::Other,
+                _ => Verdict::Rejected,
             };
         }
         if grpc
@@ -327,19 +358,97 @@ impl AuthPolicy {
             Verdict::Rejected => {
                 self.provider.reject(fresh);
             }
-            Verdict::Other => {}
+            // A nonce demanded again of a resend: its answer goes to the caller as it is.
+            Verdict::Other | Verdict::Nonce => {}
         }
     }
 
-    /// Sets the `Authorization` header to `token` (the first send's, or the resend's).
-    pub(crate) fn attach(headers: &mut HeaderMap, token: &AccessToken) {
+    /// Sets the `Authorization` header to `token` (the first send's, or the resend's); for
+    /// a DPoP-bound token, also a fresh `DPoP` proof for `method` and `uri`, with `ath` and
+    /// the origin's last nonce. An origin-form `uri` (a tonic channel's) is placed at the
+    /// bound origin ([`for_origin`](crate::AuthLayer::for_origin)), else at its `Host`.
+    /// Returns the origin a DPoP proof was made for, whose nonce the answer may update.
+    pub(crate) fn attach(
+        &self,
+        headers: &mut HeaderMap,
+        method: &Method,
+        uri: &Uri,
+        token: &AccessToken,
+    ) -> Result<Option<String>> {
         headers.insert(AUTHORIZATION, token.header_value());
+        let Some(key) = token.dpop_key() else {
+            return Ok(None);
+        };
+        let (origin, htu) = self.target(uri, headers)?;
+        let nonce = self
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&origin)
+            .cloned();
+        let proof = key.proof(
+            method.as_str(),
+            &htu,
+            Some(token.expose_secret()),
+            nonce.as_deref(),
+        )?;
+        let mut value = HeaderValue::try_from(proof)
+            .map_err(|_| Error::Signing("the DPoP proof is not a header value".into()))?;
+        value.set_sensitive(true);
+        headers.insert(DPOP, value);
+        Ok(Some(origin))
+    }
+
+    /// Keeps the `DPoP-Nonce` of a response from `origin` (what [`attach`](Self::attach)
+    /// returned; nothing for `None`).
+    pub(crate) fn note_nonce(&self, origin: Option<&str>, response: &HeaderMap) {
+        let Some(origin) = origin else {
+            return;
+        };
+        let Some(nonce) = response
+            .get(DPOP_NONCE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && n.len() <= 512)
+        else {
+            return;
+        };
+        self.nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(origin.to_owned(), nonce.to_owned());
+    }
+
+    /// The origin of a request and its URI without query and fragment (a proof's `htu`).
+    fn target(&self, uri: &Uri, headers: &HeaderMap) -> Result<(String, String)> {
+        let path = uri.path();
+        if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+            let origin = format!("{scheme}://{authority}");
+            return Ok((origin.clone(), format!("{origin}{path}")));
+        }
+        let origin = match (self.origins.as_deref(), headers.get(HOST)) {
+            (Some([origin, ..]), _) => origin.url(),
+            (None, Some(host)) => format!(
+                "https://{}",
+                host.to_str()
+                    .map_err(|_| Error::Config("the Host header is not text".into()))?
+            ),
+            _ => {
+                return Err(Error::Config(
+                    "a DPoP proof needs the request's full URI: bind the layer to its origin \
+                     with for_origin"
+                        .into(),
+                ));
+            }
+        };
+        Ok((origin.clone(), format!("{origin}{path}")))
     }
 }
 
-/// The `error` parameter of a `Bearer` challenge in a `WWW-Authenticate` value (RFC 6750
-/// §3), e.g. `insufficient_scope` in `Bearer realm="x", error="insufficient_scope"`.
-fn bearer_error(header: &str) -> Option<String> {
+/// The `error` parameter of the challenge of scheme `wanted` (lowercase) in a
+/// `WWW-Authenticate` value (RFC 6750 §3, RFC 9449 §7.1), e.g. `insufficient_scope` in
+/// `Bearer realm="x", error="insufficient_scope"`.
+fn challenge_error(header: &str, wanted: &str) -> Option<String> {
     let mut scheme_is_bearer = false;
     for item in split_unquoted(header, ',') {
         let item = item.trim();
@@ -349,11 +458,11 @@ fn bearer_error(header: &str) -> Option<String> {
         // A new challenge starts with a scheme token that is not followed by `=`.
         let param = match item.split_once(char::is_whitespace) {
             Some((first, rest)) if !first.contains('=') => {
-                scheme_is_bearer = first.eq_ignore_ascii_case("bearer");
+                scheme_is_bearer = first.eq_ignore_ascii_case(wanted);
                 rest.trim()
             }
             None if !item.contains('=') => {
-                scheme_is_bearer = item.eq_ignore_ascii_case("bearer");
+                scheme_is_bearer = item.eq_ignore_ascii_case(wanted);
                 continue;
             }
             _ => item,
@@ -367,6 +476,10 @@ fn bearer_error(header: &str) -> Option<String> {
     }
     None
 }
+
+/// The `DPoP` request header and the `DPoP-Nonce` response header of RFC 9449.
+const DPOP: &str = "dpop";
+const DPOP_NONCE: &str = "dpop-nonce";
 
 /// Splits at `sep` outside double quotes.
 fn split_unquoted(text: &str, sep: char) -> impl Iterator<Item = &str> {
@@ -411,7 +524,11 @@ mod tests {
             ),
         ];
         for (header, expected) in cases {
-            assert_eq!(bearer_error(header).as_deref(), expected, "{header}");
+            assert_eq!(
+                challenge_error(header, "bearer").as_deref(),
+                expected,
+                "{header}"
+            );
         }
     }
 
@@ -447,6 +564,35 @@ mod tests {
         headers.insert(
             WWW_AUTHENTICATE,
             r#"Bearer error="insufficient_scope""#.parse().unwrap(),
+        );
+        assert_eq!(
+            AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
+            Verdict::Other
+        );
+    }
+
+    #[test]
+    fn dpop_challenges() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"DPoP algs="ES256", error="use_dpop_nonce""#.parse().unwrap(),
+        );
+        // Without the nonce itself there is nothing to resend with: a rejection.
+        assert_eq!(
+            AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
+            Verdict::Rejected
+        );
+        headers.insert(DPOP_NONCE, "n-1".parse().unwrap());
+        assert_eq!(
+            AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
+            Verdict::Nonce
+        );
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"DPoP error="invalid_dpop_proof", error_description="bad htu""#
+                .parse()
+                .unwrap(),
         );
         assert_eq!(
             AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),

@@ -15,8 +15,10 @@ use super::validate::LEEWAY_SECS;
 /// The emulator's DPoP state: the nonce it demands and the proofs it has seen.
 #[derive(Default)]
 pub(super) struct Dpop {
-    /// Whether proofs must carry the current nonce.
+    /// Whether proofs at the token endpoint must carry the current nonce.
     pub(super) require_nonce: bool,
+    /// Whether proofs at the API must carry the current nonce.
+    pub(super) require_api_nonce: bool,
     /// The current nonce (rotated by `rotate_dpop_nonce`).
     pub(super) nonce: String,
     /// `jti`s of proofs accepted so far.
@@ -42,12 +44,15 @@ impl Dpop {
         self.nonce.clone()
     }
 
-    /// Checks the `DPoP` header of a request to `htm` `htu`; returns the key's thumbprint.
+    /// Checks the `DPoP` header of a request to `htm` `htu` (with `ath` for `access_token`
+    /// at the API, the nonce if `require_nonce`); returns the key's thumbprint.
     pub(super) fn check(
         &mut self,
         headers: &HeaderMap,
         htm: &str,
         htu: &str,
+        access_token: Option<&str>,
+        require_nonce: bool,
     ) -> Result<String, Refusal> {
         let mut proofs = headers.get_all("dpop").iter();
         let proof = match (proofs.next(), proofs.next()) {
@@ -104,7 +109,18 @@ impl Dpop {
         let jti = text("jti")
             .filter(|j| !j.is_empty())
             .ok_or_else(|| invalid("the DPoP proof has no jti"))?;
-        if self.require_nonce && text("nonce") != Some(self.nonce.as_str()) {
+        if let Some(token) = access_token {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            let ath = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(token.as_bytes()));
+            if text("ath") != Some(ath.as_str()) {
+                return Err(invalid(
+                    "the DPoP proof's ath is not the access token's hash",
+                ));
+            }
+        }
+        if require_nonce && text("nonce") != Some(self.nonce.as_str()) {
             return Err(Refusal::UseNonce);
         }
         if !self.seen.insert(jti.to_owned()) {

@@ -182,9 +182,11 @@ where
     B::Error: Into<BoxError> + Send + 'static,
 {
     shared.record(|s| s.grpc_calls += 1);
-    let authorized = shared.check_bearer(request.headers()).is_ok();
-    let mut grpc = tonic::server::Grpc::new(BytesCodec);
     let path = request.uri().path().to_owned();
+    let authorized = shared
+        .check_bearer(request.headers(), "POST", &path)
+        .is_ok();
+    let mut grpc = tonic::server::Grpc::new(BytesCodec);
     if path == CLIENT_STREAM {
         // Reads the stream first, then checks the token.
         let handler = Joiner {

@@ -287,7 +287,7 @@ struct Bearer {
 }
 
 /// Why a bearer token is refused.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum TokenCheck {
     Missing,
     Unknown,
@@ -295,6 +295,10 @@ enum TokenCheck {
     Revoked,
     /// A DPoP-bound token sent as a bearer token.
     Bound,
+    /// A DPoP proof without the current nonce.
+    DpopNonce,
+    /// A DPoP proof that does not check out.
+    DpopInvalid(String),
 }
 
 impl Emulator {
@@ -511,6 +515,17 @@ impl Emulator {
         }
     }
 
+    /// Makes the API demand the DPoP nonce in the proofs of DPoP-bound tokens: a request
+    /// without it gets 401 with `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a
+    /// `DPoP-Nonce` header (the same nonce as the token endpoint's). Default: off.
+    pub fn require_api_dpop_nonce(&self, on: bool) {
+        let mut state = self.shared.lock();
+        state.dpop.require_api_nonce = on;
+        if state.dpop.nonce.is_empty() {
+            state.dpop.rotate();
+        }
+    }
+
     /// Replaces the DPoP nonce: proofs with the old one get `use_dpop_nonce` from now on.
     /// Returns the new one.
     pub fn rotate_dpop_nonce(&self) -> String {
@@ -712,29 +727,63 @@ impl Shared {
         self.lock().tokens.get(token).is_some_and(|t| t.revoked)
     }
 
-    /// Counts an API request and checks its bearer token.
-    fn check_bearer(&self, headers: &HeaderMap) -> Result<Bearer, TokenCheck> {
-        let token = headers
+    /// Counts an API request to `method` `path` and checks its token: a bearer token, or a
+    /// DPoP-bound one with a proof for this request (RFC 9449 §7).
+    fn check_bearer(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+    ) -> Result<Bearer, TokenCheck> {
+        let credentials = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|token| !token.is_empty());
+            .map(|(scheme, token)| (scheme, token.trim()))
+            .filter(|(scheme, token)| {
+                !token.is_empty()
+                    && (scheme.eq_ignore_ascii_case("bearer")
+                        || scheme.eq_ignore_ascii_case("dpop"))
+            });
+        let dpop = credentials.is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("dpop"));
+        let token = credentials.map(|(_, token)| token);
+        let htu = format!("{}{path}", self.origin());
         let mut state = self.lock();
         state.stats.api_requests += 1;
+        let jkt = token
+            .and_then(|t| state.tokens.get(t))
+            .map(|t| t.jkt.clone());
+        let proof = match (dpop, token, jkt) {
+            (true, Some(token), Some(Some(bound))) => {
+                let require = state.dpop.require_api_nonce;
+                match state
+                    .dpop
+                    .check(headers, method, &htu, Some(token), require)
+                {
+                    Ok(jkt) if jkt == bound => Ok(()),
+                    Ok(_) => Err(TokenCheck::DpopInvalid(
+                        "the DPoP proof is signed with another key than the token's".into(),
+                    )),
+                    Err(dpop::Refusal::UseNonce) => Err(TokenCheck::DpopNonce),
+                    Err(dpop::Refusal::Invalid(problem)) => Err(TokenCheck::DpopInvalid(problem)),
+                }
+            }
+            // A bearer token sent as DPoP.
+            (true, Some(_), Some(None)) => Err(TokenCheck::Unknown),
+            _ => Ok(()),
+        };
         let result = match token.map(|t| state.tokens.get(t)) {
             None => Err(TokenCheck::Missing),
             Some(None) => Err(TokenCheck::Unknown),
             Some(Some(issued)) if issued.revoked => Err(TokenCheck::Revoked),
             // RFC 9449 §7.1: a DPoP-bound token is no bearer token.
-            Some(Some(issued)) if issued.jkt.is_some() => Err(TokenCheck::Bound),
+            Some(Some(issued)) if issued.jkt.is_some() && !dpop => Err(TokenCheck::Bound),
             Some(Some(issued)) if issued.expires_at.is_some_and(|at| Instant::now() >= at) => {
                 Err(TokenCheck::Expired)
             }
-            Some(Some(issued)) => Ok(issued.expires_at),
+            Some(Some(issued)) => proof.map(|()| issued.expires_at),
         };
-        if let Err(problem) = result {
+        if let Err(problem) = &result {
             state.stats.api_unauthorized += 1;
             tracing::debug!(?problem, "emulator: API request unauthorized");
         }

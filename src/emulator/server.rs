@@ -175,10 +175,13 @@ async fn token_endpoint(
     };
     // A DPoP proof is checked before anything is spent (a refresh token, say).
     let jkt = if parts.headers.contains_key("dpop") {
-        let checked = shared
-            .lock()
-            .dpop
-            .check(&parts.headers, "POST", &shared.token_url);
+        let checked = {
+            let mut state = shared.lock();
+            let require = state.dpop.require_nonce;
+            state
+                .dpop
+                .check(&parts.headers, "POST", &shared.token_url, None, require)
+        };
         match checked {
             Ok(jkt) => Some(jkt),
             Err(refusal) => return Ok(dpop_refusal(shared, refusal)),
@@ -331,9 +334,9 @@ async fn api(
     let stream_project = stream::project_of(&path);
     // Before the token check, so that a revocation right after it reaches the stream.
     let subscriptions = stream_project.map(|_| Subscriptions::new(shared));
-    let bearer = match shared.check_bearer(request.headers()) {
+    let bearer = match shared.check_bearer(request.headers(), method.as_str(), &path) {
         Ok(bearer) => bearer,
-        Err(problem) => return Ok(unauthorized(problem)),
+        Err(problem) => return Ok(unauthorized(shared, problem)),
     };
     if let (Some(project), Some(subscriptions)) = (stream_project, subscriptions) {
         if method != Method::GET {
@@ -389,19 +392,31 @@ fn projects() -> Value {
     })
 }
 
-fn unauthorized(problem: TokenCheck) -> Response<Body> {
-    let message = match problem {
+fn unauthorized(shared: &Shared, problem: TokenCheck) -> Response<Body> {
+    let message = match &problem {
         TokenCheck::Missing => "the request has no bearer token",
         TokenCheck::Unknown => "the access token is not valid",
         TokenCheck::Expired => "the access token has expired",
         TokenCheck::Revoked => "the access token has been revoked",
         TokenCheck::Bound => "the access token is DPoP-bound: send it as DPoP with a proof",
+        TokenCheck::DpopNonce => "the DPoP proof must carry the nonce in the DPoP-Nonce header",
+        TokenCheck::DpopInvalid(problem) => problem.as_str(),
     };
     let mut response = dt_error(StatusCode::UNAUTHORIZED, message);
-    response.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer error=\"invalid_token\""),
-    );
+    let challenge = match problem {
+        TokenCheck::DpopNonce => "DPoP error=\"use_dpop_nonce\"",
+        TokenCheck::DpopInvalid(_) => "DPoP error=\"invalid_dpop_proof\"",
+        _ => "Bearer error=\"invalid_token\"",
+    };
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    let state = shared.lock();
+    if (state.dpop.require_api_nonce || matches!(problem, TokenCheck::DpopNonce))
+        && let Ok(nonce) = HeaderValue::try_from(state.dpop.nonce.as_str())
+    {
+        response.headers_mut().insert("dpop-nonce", nonce);
+    }
     response
 }
 

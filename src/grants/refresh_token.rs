@@ -324,7 +324,13 @@ impl TokenSource for RefreshToken {
     /// parameters, and the refresh token given to [`new`](RefreshToken::new), which names
     /// the series (a new authorization starts a new one).
     fn store_key(&self) -> Option<String> {
-        let key = KeyBuilder::new("refresh-token").part(self.endpoint.url());
+        let key = KeyBuilder::new("refresh-token")
+            .part(self.endpoint.url())
+            .optional(
+                self.endpoint
+                    .dpop_key()
+                    .map(crate::dpop::DpopKey::thumbprint),
+            );
         let mut key = self
             .client
             .key_parts(key)
@@ -338,6 +344,10 @@ impl TokenSource for RefreshToken {
 
     fn attach_store(&self, store: SourceStore) {
         let _ = self.store.set(store);
+    }
+
+    fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
+        self.endpoint.dpop_key().cloned()
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {

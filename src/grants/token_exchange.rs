@@ -345,6 +345,11 @@ impl TokenSource for TokenExchange {
     fn store_key(&self) -> Option<String> {
         let mut key = KeyBuilder::new("token-exchange")
             .part(self.endpoint.url())
+            .optional(
+                self.endpoint
+                    .dpop_key()
+                    .map(crate::dpop::DpopKey::thumbprint),
+            )
             .part(&self.subject_token_type)
             .optional(self.requested_token_type.as_deref())
             .optional(self.actor.as_ref().map(|(_, kind)| kind))
@@ -360,6 +365,10 @@ impl TokenSource for TokenExchange {
             key = client.key_parts(key);
         }
         Some(key.finish())
+    }
+
+    fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
+        self.endpoint.dpop_key().cloned()
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {

@@ -23,6 +23,14 @@
 //! (a fleet on many hosts) with the feature `redis`. To put the store on something else,
 //! implement [`TokenStore`].
 //!
+//! # DPoP-bound tokens
+//!
+//! A DPoP-bound token ([`TokenEndpoint::dpop`](crate::TokenEndpoint::dpop)) is of use only
+//! with its key: the store key of the built-in grants includes the key's thumbprint, and a
+//! stored DPoP token is handed out only to a provider whose source has that key. A fleet
+//! shares DPoP tokens only if it shares the key (the same PEM in every process); processes
+//! with keys of their own each fetch their own.
+//!
 //! # Clock skew
 //!
 //! An entry records when its token was issued by the wall clock of the process that fetched
