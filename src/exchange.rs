@@ -20,6 +20,7 @@ use crate::dpop::DpopKey;
 use crate::error::{Error, Result, Scrubber};
 use crate::keys::{self, Jws, Signer};
 use crate::metadata::{Discovery, ServerMetadata};
+use crate::store::KeyBuilder;
 use crate::token::{AccessToken, is_b64token};
 use crate::transport::{check_transport, origin_of, same_origin};
 
@@ -389,6 +390,13 @@ impl TokenEndpoint {
             client: Some(client),
             ..self
         }
+    }
+
+    /// Adds what identifies this endpoint to a store key: the token URL (the issuer, if
+    /// discovered) and the DPoP key's thumbprint, if any.
+    pub(crate) fn key_parts(&self, key: KeyBuilder) -> KeyBuilder {
+        key.part(&self.url)
+            .optional(self.dpop_key().map(DpopKey::thumbprint))
     }
 
     /// The DPoP key of token requests, if [`dpop`](Self::dpop) set one.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::policy::{AuthPolicy, MinValidity, Verdict};
 use crate::provider::TokenProvider;
+use crate::token::AccessToken;
 use crate::transport::same_origin;
 
 /// A `reqwest-middleware` middleware that attaches `Authorization: Bearer <token>` from a
@@ -223,19 +224,11 @@ impl Middleware for AuthMiddleware {
                     return Ok(response);
                 };
                 drop(response);
-                let mut replay = replay.into_request(url);
-                let origin = self
-                    .policy
-                    .attach(replay.headers_mut(), &method, &uri, &token)
-                    .map_err(token_error)?;
-                set_remaining(&mut replay, deadline);
-                let mut response = next.run(replay, extensions).await?;
-                self.policy
-                    .note_nonce(origin.as_deref(), response.headers());
-                let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
-                self.policy.after_resend(&token, verdict);
-                response.extensions_mut().insert(token);
-                return Ok(response);
+                return self
+                    .resend(
+                        replay, url, &method, token, deadline, grpc, next, extensions,
+                    )
+                    .await;
             }
             Verdict::Nonce | Verdict::Rejected => {}
         }
@@ -247,27 +240,49 @@ impl Middleware for AuthMiddleware {
         match (fresh, replay) {
             (Some(fresh), Some(replay)) => {
                 drop(response);
-                let mut replay = replay.into_request(url);
-                let uri = if fresh.dpop_key().is_some() {
-                    url_to_uri(replay.url())
-                } else {
-                    uri
-                };
-                let origin = self
-                    .policy
-                    .attach(replay.headers_mut(), &method, &uri, &fresh)
-                    .map_err(token_error)?;
-                set_remaining(&mut replay, deadline);
-                let mut response = next.run(replay, extensions).await?;
-                self.policy
-                    .note_nonce(origin.as_deref(), response.headers());
-                let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
-                self.policy.after_resend(&fresh, verdict);
-                response.extensions_mut().insert(fresh);
-                Ok(response)
+                self.resend(
+                    replay, url, &method, fresh, deadline, grpc, next, extensions,
+                )
+                .await
             }
             _ => Ok(response),
         }
+    }
+}
+
+impl AuthMiddleware {
+    /// Sends `replay` again with `token` (a fresh one after a rejection, the same one with
+    /// the server's DPoP nonce) and reports its answer: there is no second resend.
+    #[allow(clippy::too_many_arguments)]
+    async fn resend(
+        &self,
+        replay: Resend,
+        url: reqwest::Url,
+        method: &reqwest::Method,
+        token: AccessToken,
+        deadline: Option<Instant>,
+        grpc: bool,
+        next: Next<'_>,
+        extensions: &mut Extensions,
+    ) -> reqwest_middleware::Result<Response> {
+        let mut replay = replay.into_request(url);
+        let uri = if token.dpop_key().is_some() {
+            url_to_uri(replay.url())
+        } else {
+            http::Uri::default()
+        };
+        let origin = self
+            .policy
+            .attach(replay.headers_mut(), method, &uri, &token)
+            .map_err(token_error)?;
+        set_remaining(&mut replay, deadline);
+        let mut response = next.run(replay, extensions).await?;
+        self.policy
+            .note_nonce(origin.as_deref(), response.headers());
+        let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
+        self.policy.after_resend(&token, verdict);
+        response.extensions_mut().insert(token);
+        Ok(response)
     }
 }
 

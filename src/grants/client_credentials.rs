@@ -273,13 +273,9 @@ impl TokenSource for ClientCredentials {
     /// extra parameters (audience included), and the secret, so rotating the secret changes
     /// the key.
     fn store_key(&self) -> Option<String> {
-        let key = KeyBuilder::new("client-credentials")
-            .part(self.endpoint.url())
-            .optional(
-                self.endpoint
-                    .dpop_key()
-                    .map(crate::dpop::DpopKey::thumbprint),
-            );
+        let key = self
+            .endpoint
+            .key_parts(KeyBuilder::new("client-credentials"));
         let mut key = self.client.key_parts(key).part(self.scopes.join(" "));
         for (name, value) in &self.params {
             key = key.part(name).part(value);

@@ -419,13 +419,9 @@ impl TokenSource for JwtBearer {
     /// account's key id, email, subject and secret (or the assertion file's path), so
     /// rotating the secret changes the key.
     fn store_key(&self) -> Option<String> {
-        let key = KeyBuilder::new("jwt-bearer")
-            .part(self.endpoint.url())
-            .optional(
-                self.endpoint
-                    .dpop_key()
-                    .map(crate::dpop::DpopKey::thumbprint),
-            )
+        let key = self
+            .endpoint
+            .key_parts(KeyBuilder::new("jwt-bearer"))
             .optional(self.audience.as_deref())
             .part(self.scopes.join(" "));
         let key = match &self.assertion {

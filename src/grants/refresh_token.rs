@@ -324,13 +324,7 @@ impl TokenSource for RefreshToken {
     /// parameters, and the refresh token given to [`new`](RefreshToken::new), which names
     /// the series (a new authorization starts a new one).
     fn store_key(&self) -> Option<String> {
-        let key = KeyBuilder::new("refresh-token")
-            .part(self.endpoint.url())
-            .optional(
-                self.endpoint
-                    .dpop_key()
-                    .map(crate::dpop::DpopKey::thumbprint),
-            );
+        let key = self.endpoint.key_parts(KeyBuilder::new("refresh-token"));
         let mut key = self
             .client
             .key_parts(key)

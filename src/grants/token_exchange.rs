@@ -343,13 +343,9 @@ impl TokenExchange {
 impl TokenSource for TokenExchange {
     /// `token-exchange-{hash}`: see [`TokenExchange::store_name`].
     fn store_key(&self) -> Option<String> {
-        let mut key = KeyBuilder::new("token-exchange")
-            .part(self.endpoint.url())
-            .optional(
-                self.endpoint
-                    .dpop_key()
-                    .map(crate::dpop::DpopKey::thumbprint),
-            )
+        let mut key = self
+            .endpoint
+            .key_parts(KeyBuilder::new("token-exchange"))
             .part(&self.subject_token_type)
             .optional(self.requested_token_type.as_deref())
             .optional(self.actor.as_ref().map(|(_, kind)| kind))
