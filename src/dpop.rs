@@ -33,6 +33,25 @@ use crate::keys::{self, Parsed};
 /// The `typ` of a DPoP proof (RFC 9449 §4.2).
 pub const PROOF_TYPE: &str = "dpop+jwt";
 
+/// The request header that carries a proof (RFC 9449 §4.1).
+pub(crate) const HEADER: &str = "dpop";
+/// The response header that carries a server's nonce (RFC 9449 §8).
+pub(crate) const NONCE_HEADER: &str = "dpop-nonce";
+/// Longest `DPoP-Nonce` kept: a server's nonce is a short opaque string; a huge one is not
+/// copied into every proof.
+const MAX_NONCE_LEN: usize = 512;
+
+/// The usable `DPoP-Nonce` of a response, if it has one: text, trimmed, not empty, at most
+/// [`MAX_NONCE_LEN`] bytes.
+pub(crate) fn nonce_of(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(NONCE_HEADER)?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_LEN)
+}
+
 /// A DPoP key: the private key a client proves possession of, with its public JWK and
 /// RFC 7638 thumbprint. Cheap to clone; the key is redacted in `Debug` and zeroized on drop
 /// (by the RustCrypto key types).

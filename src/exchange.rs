@@ -143,10 +143,7 @@ impl Dpop {
 
     /// Keeps the `DPoP-Nonce` of a response, if it has a usable one, and returns it.
     fn update_nonce(&self, headers: &HeaderMap) -> Option<String> {
-        let nonce = headers.get(DPOP_NONCE)?.to_str().ok()?.trim().to_owned();
-        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
-            return None;
-        }
+        let nonce = crate::dpop::nonce_of(headers)?.to_owned();
         *self
             .nonce
             .lock()
@@ -154,14 +151,6 @@ impl Dpop {
         Some(nonce)
     }
 }
-
-/// The `DPoP` request header of RFC 9449.
-const DPOP: &str = "dpop";
-/// The `DPoP-Nonce` response header.
-const DPOP_NONCE: &str = "dpop-nonce";
-/// Longest `DPoP-Nonce` kept: a server's nonce is a short opaque string; a huge one is not
-/// copied into every proof.
-const MAX_NONCE_LEN: usize = 512;
 
 impl TokenEndpoint {
     /// The endpoint at `url`. Does no I/O; the URL is checked at the first request.
@@ -635,7 +624,7 @@ impl<'a> TokenRequest<'a> {
             if let Some(dpop) = dpop {
                 let nonce = dpop.nonce();
                 let proof = dpop.key.proof("POST", &target, None, nonce.as_deref())?;
-                request = request.header(DPOP, proof);
+                request = request.header(crate::dpop::HEADER, proof);
             }
             let sent_at = Instant::now();
             let response = request

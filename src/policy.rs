@@ -291,7 +291,9 @@ impl AuthPolicy {
                 .any(|v| challenge_error(v, "bearer").as_deref() == Some("insufficient_scope"));
             let dpop = challenges().find_map(|v| challenge_error(v, "dpop"));
             return match dpop.as_deref() {
-                Some("use_dpop_nonce") if headers.contains_key(DPOP_NONCE) => Verdict::Nonce,
+                Some("use_dpop_nonce") if headers.contains_key(crate::dpop::NONCE_HEADER) => {
+                    Verdict::Nonce
+                }
                 // A proof the server refuses is not cured by a fresh token, nor by the same
                 // proof again.
                 Some("invalid_dpop_proof") => Verdict::Other,
@@ -395,7 +397,7 @@ impl AuthPolicy {
         let mut value = HeaderValue::try_from(proof)
             .map_err(|_| Error::Signing("the DPoP proof is not a header value".into()))?;
         value.set_sensitive(true);
-        headers.insert(DPOP, value);
+        headers.insert(crate::dpop::HEADER, value);
         Ok(Some(origin))
     }
 
@@ -405,12 +407,7 @@ impl AuthPolicy {
         let Some(origin) = origin else {
             return;
         };
-        let Some(nonce) = response
-            .get(DPOP_NONCE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|n| !n.is_empty() && n.len() <= 512)
-        else {
+        let Some(nonce) = crate::dpop::nonce_of(response) else {
             return;
         };
         self.nonces
@@ -476,10 +473,6 @@ fn challenge_error(header: &str, wanted: &str) -> Option<String> {
     }
     None
 }
-
-/// The `DPoP` request header and the `DPoP-Nonce` response header of RFC 9449.
-const DPOP: &str = "dpop";
-const DPOP_NONCE: &str = "dpop-nonce";
 
 /// Splits at `sep` outside double quotes.
 fn split_unquoted(text: &str, sep: char) -> impl Iterator<Item = &str> {
@@ -583,7 +576,7 @@ mod tests {
             AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
             Verdict::Rejected
         );
-        headers.insert(DPOP_NONCE, "n-1".parse().unwrap());
+        headers.insert(crate::dpop::NONCE_HEADER, "n-1".parse().unwrap());
         assert_eq!(
             AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
             Verdict::Nonce

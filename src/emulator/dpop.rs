@@ -54,7 +54,7 @@ impl Dpop {
         access_token: Option<&str>,
         require_nonce: bool,
     ) -> Result<String, Refusal> {
-        let mut proofs = headers.get_all("dpop").iter();
+        let mut proofs = headers.get_all(crate::dpop::HEADER).iter();
         let proof = match (proofs.next(), proofs.next()) {
             (Some(proof), None) => proof
                 .to_str()

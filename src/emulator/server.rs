@@ -174,7 +174,7 @@ async fn token_endpoint(
         Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
     };
     // A DPoP proof is checked before anything is spent (a refresh token, say).
-    let jkt = if parts.headers.contains_key("dpop") {
+    let jkt = if parts.headers.contains_key(crate::dpop::HEADER) {
         let checked = {
             let mut state = shared.lock();
             let require = state.dpop.require_nonce;
@@ -269,7 +269,9 @@ fn add_dpop_nonce(shared: &Shared, response: &mut Response<Body>) {
     if state.dpop.require_nonce
         && let Ok(nonce) = HeaderValue::try_from(state.dpop.nonce.as_str())
     {
-        response.headers_mut().insert("dpop-nonce", nonce);
+        response
+            .headers_mut()
+            .insert(crate::dpop::NONCE_HEADER, nonce);
     }
 }
 
@@ -415,7 +417,9 @@ fn unauthorized(shared: &Shared, problem: TokenCheck) -> Response<Body> {
     if (state.dpop.require_api_nonce || matches!(problem, TokenCheck::DpopNonce))
         && let Ok(nonce) = HeaderValue::try_from(state.dpop.nonce.as_str())
     {
-        response.headers_mut().insert("dpop-nonce", nonce);
+        response
+            .headers_mut()
+            .insert(crate::dpop::NONCE_HEADER, nonce);
     }
     response
 }
