@@ -195,6 +195,29 @@ async fn the_first_caller_cancelled_does_not_cancel_the_refresh() {
     assert_eq!(mock.calls_async().await, 1);
 }
 
+/// The caller that finds the cache cold starts the fetch within its own first poll, not
+/// after a scheduler round trip behind the herd it came with (on a single-threaded
+/// runtime nothing else runs before that poll returns); cancelled right after, it leaves
+/// the refresh running for everyone.
+#[tokio::test(start_paused = true)]
+async fn a_cold_callers_first_poll_starts_the_fetch_and_its_cancellation_does_not_stop_it() {
+    let (provider, calls) =
+        counting_provider(Duration::from_secs(3600), Duration::from_millis(100));
+    let mut first = Box::pin(provider.token());
+    let pending =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx).is_pending()))
+            .await;
+    assert!(pending);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the fetch started in that poll"
+    );
+    drop(first);
+    assert_eq!(provider.token().await.unwrap().expose_secret(), "t1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_invalidations_refresh_once() {
     let server = MockServer::start_async().await;

@@ -30,17 +30,10 @@ impl Cached {
     /// Where `token`'s proactive and hard margins fall under `config`, both scaled down for
     /// short tokens.
     pub(super) fn new(config: &Config, token: AccessToken) -> Self {
-        let lifetime = token.lifetime();
-        let hard = config.hard_margin.min(lifetime / HARD_MARGIN_DIVISOR);
-        let proactive = config
-            .proactive_margin
-            .min(lifetime / PROACTIVE_MARGIN_DIVISOR)
-            .max(hard);
-        let expires_at = token.expires_at();
-        let before = |margin| expires_at.checked_sub(margin).unwrap_or(expires_at);
+        let (refresh_at, usable_until) = margins(config, &token);
         Self {
-            refresh_at: before(proactive),
-            usable_until: before(hard),
+            refresh_at,
+            usable_until,
             token,
         }
     }
@@ -56,6 +49,37 @@ impl Cached {
             || self.token.expires_at().saturating_duration_since(now)
                 >= min.min(self.token.lifetime() / 2)
     }
+}
+
+/// Whether `token` may be handed out at `now` under `config`: [`Cached::usable`] without
+/// a copy of the token.
+pub(super) fn usable(config: &Config, token: &AccessToken, now: Instant) -> bool {
+    now < usable_until(config, token)
+}
+
+/// From when `token` is not handed out under `config`: [`Cached::usable_until`] without a
+/// copy of the token.
+pub(super) fn usable_until(config: &Config, token: &AccessToken) -> Instant {
+    margins(config, token).1
+}
+
+/// When the next caller starts a background refresh of `token`: [`Cached::refresh_at`]
+/// without a copy of the token.
+pub(super) fn refresh_at(config: &Config, token: &AccessToken) -> Instant {
+    margins(config, token).0
+}
+
+/// `(refresh_at, usable_until)` for `token` under `config`.
+fn margins(config: &Config, token: &AccessToken) -> (Instant, Instant) {
+    let lifetime = token.lifetime();
+    let hard = config.hard_margin.min(lifetime / HARD_MARGIN_DIVISOR);
+    let proactive = config
+        .proactive_margin
+        .min(lifetime / PROACTIVE_MARGIN_DIVISOR)
+        .max(hard);
+    let expires_at = token.expires_at();
+    let before = |margin| expires_at.checked_sub(margin).unwrap_or(expires_at);
+    (before(proactive), before(hard))
 }
 
 /// `now + wait`, saturating where a huge setting would overflow `Instant`.

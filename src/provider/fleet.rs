@@ -14,7 +14,7 @@ use crate::store::{Sealer, StoreError, TokenStore, decode, encode};
 use crate::token::AccessToken;
 
 use super::Inner;
-use super::cache::{Cached, later};
+use super::cache::{self, later};
 use super::flight::Flight;
 
 /// First wait between two looks at the store while another process refreshes; doubled up
@@ -240,7 +240,7 @@ impl Inner {
                 _ => return Look::Empty,
             }
         }
-        if Instant::now() >= Cached::new(&self.config, token.clone()).refresh_at {
+        if Instant::now() >= cache::refresh_at(&self.config, &token) {
             return Look::Empty;
         }
         if let Some(interval) = stored.forced_interval {

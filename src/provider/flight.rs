@@ -2,11 +2,12 @@
 //! hand-off between Tokio runtimes (a refresh stranded on a runtime that idles or shut down
 //! is restarted by a waiter on its own).
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{self, Handle};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -14,7 +15,7 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::token::AccessToken;
 
-use super::cache::{Cached, later};
+use super::cache::{self, later};
 use super::{Inner, State, Want};
 
 /// How often a caller waiting on a refresh that runs on *another* Tokio runtime checks that
@@ -46,6 +47,8 @@ pub(super) struct Flight {
     /// on the flight's runtime wait on `done` alone, without a timer each: registering
     /// 10,000 timers costs a cold herd more than the rest of its wait.
     tick_at: Instant,
+    /// Set when the refresh task has woken its waiters at `tick_at`.
+    ticked: AtomicBool,
     /// Whether a waiter is checking that `runtime` still runs the refresh.
     probing: AtomicBool,
     progress: Mutex<Progress>,
@@ -61,6 +64,15 @@ enum Outcome {
     Lost,
 }
 
+impl Outcome {
+    fn waited(&self) -> Waited {
+        match self {
+            Outcome::Ready(result) => Waited::Done(result.clone()),
+            Outcome::Lost => Waited::Lost,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     attempt: u32,
@@ -74,33 +86,48 @@ enum Waited {
 }
 
 impl Inner {
-    pub(super) async fn token_slow(self: &Arc<Self>, want: Want) -> Result<AccessToken> {
+    /// A token for a caller that missed the fast path at `started`.
+    pub(super) async fn token_slow(
+        self: &Arc<Self>,
+        want: Want,
+        started: Instant,
+    ) -> Result<AccessToken> {
         if let Some(error) = &self.misconfigured {
             return Err(error.clone());
         }
-        let here = Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        self.ensure_time(&here)?;
-        let started = Instant::now();
+        // Only the runtime's id is kept: a waiter holding the handle would touch its shared
+        // reference count again when it wakes, 10,000 times at once for a herd.
+        let here = Handle::try_current().map_err(|_| Error::NoRuntime)?.id();
+        self.ensure_time(here)?;
         let max_deadline = later(started, self.config.max_wait);
         let deadline = want.deadline.map_or(max_deadline, |d| d.min(max_deadline));
         let mut local_restarts = 0;
+        // The clock is read once per wake-up: a herd of callers on a cold cache reads it
+        // 10,000 times at once, and on a VM a read can cost as much as the rest of a wake-up.
+        let mut now = started;
         loop {
             let flight = match self.joinable() {
                 Some(flight) => flight,
                 None => match self.join_or_start(want.min_validity)? {
-                    Ok(token) => return Ok(token),
-                    Err(flight) => flight,
+                    Joined::Token(token) => return Ok(token),
+                    Joined::Wait(flight) => flight,
+                    Joined::Started(flight, launch) => {
+                        launch.start().await;
+                        flight
+                    }
                 },
             };
-            match self.wait(&flight, &here, deadline).await {
+            let waited = self.wait(&flight, here, deadline, now).await;
+            now = Instant::now();
+            match waited {
                 Waited::Done(Ok(token)) => {
                     // Delivered too late to be used (a slow waiter): go round again.
-                    if Cached::new(&self.config, token.clone()).usable(Instant::now()) {
+                    if cache::usable(&self.config, &token, now) {
                         return Ok(token);
                     }
                 }
                 Waited::Done(Err(error)) => return Err(error),
-                Waited::Lost if flight.runtime.id() == here.id() => {
+                Waited::Lost if flight.runtime.id() == here => {
                     local_restarts += 1;
                     if local_restarts > MAX_LOCAL_RESTARTS {
                         return Err(Error::RefreshAborted);
@@ -110,7 +137,7 @@ impl Inner {
                 Waited::TimedOut => {
                     let progress = flight.progress();
                     return Err(Error::WaitTimeout {
-                        waited: started.elapsed(),
+                        waited: now.saturating_duration_since(started),
                         attempt: progress.attempt.max(1),
                         last_error: progress.last_error.map(Box::new),
                     });
@@ -135,10 +162,7 @@ impl Inner {
 
     /// Under the state lock: a usable cached token (starting a background refresh if it is
     /// due), the refresh in flight to wait on, or a new one.
-    fn join_or_start(
-        self: &Arc<Self>,
-        min: Duration,
-    ) -> Result<std::result::Result<AccessToken, Arc<Flight>>> {
+    fn join_or_start(self: &Arc<Self>, min: Duration) -> Result<Joined> {
         let mut state = self.lock_state();
         let now = Instant::now();
         let cached = self.read_cache().clone();
@@ -149,56 +173,89 @@ impl Inner {
             if now >= cached.refresh_at {
                 self.refresh_in_background(&mut state, now);
             }
-            return Ok(Ok(cached.token.clone()));
+            return Ok(Joined::Token(cached.token.clone()));
         }
         if let Some(flight) = &state.flight {
-            return Ok(Err(Arc::clone(flight)));
+            return Ok(Joined::Wait(Arc::clone(flight)));
         }
         if let Some(failure) = &state.failure
             && now < failure.retry_at
         {
             // In the cool-down a token that is usable, if short of `min`, beats the error.
             return match usable {
-                Some(cached) => Ok(Ok(cached.token)),
+                Some(cached) => Ok(Joined::Token(cached.token)),
                 None => Err(failure.error.clone()),
             };
         }
-        self.start_flight(&mut state, false).map(Err)
+        let (flight, launch) = self.start_flight(&mut state, false)?;
+        Ok(Joined::Started(flight, launch))
     }
 
-    /// Waits for `flight`'s outcome until `deadline`. A flight on another runtime is checked
-    /// every [`STALL_PROBE_INTERVAL`]; if that runtime no longer runs it, it is marked lost.
-    async fn wait(&self, flight: &Arc<Flight>, here: &Handle, deadline: Instant) -> Waited {
-        let foreign = flight.runtime.id() != here.id();
+    /// Waits for `flight`'s outcome until `deadline`; `now` is a recent reading of the clock.
+    /// A flight on another runtime is checked every [`STALL_PROBE_INTERVAL`]; if that runtime
+    /// no longer runs it, it is marked lost.
+    async fn wait(
+        &self,
+        flight: &Arc<Flight>,
+        here: runtime::Id,
+        deadline: Instant,
+        mut now: Instant,
+    ) -> Waited {
+        let foreign = flight.runtime.id() != here;
+        let mut woken = false;
         loop {
-            // Registered before the outcome is read, so a publish in between still wakes it.
+            // Read first: a waiter woken by the publish returns without touching `done`,
+            // whose lock the publish holds while it wakes the rest of the herd.
+            if let Some(outcome) = flight.outcome.get() {
+                return outcome.waited();
+            }
+            // Registered before the outcome is read again, so a publish in between still
+            // wakes it.
             let done = flight.done.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            match flight.outcome.get() {
-                None => {}
-                Some(Outcome::Ready(result)) => return Waited::Done(result.clone()),
-                Some(Outcome::Lost) => return Waited::Lost,
+            if let Some(outcome) = flight.outcome.get() {
+                return outcome.waited();
             }
-            let now = Instant::now();
+            if std::mem::take(&mut woken) {
+                now = Instant::now();
+            }
             if now >= deadline {
                 return Waited::TimedOut;
             }
-            if !foreign && deadline >= flight.tick_at && now < flight.tick_at {
+            // Read after registering: a tick after this still wakes it.
+            if !foreign && deadline >= flight.tick_at && !flight.ticked.load(Ordering::Acquire) {
                 done.await;
-                continue;
-            }
-            let wake = if foreign {
-                deadline.min(now + STALL_PROBE_INTERVAL)
             } else {
-                deadline
-            };
-            if tokio::time::timeout_at(wake, done).await.is_err()
-                && foreign
-                && Instant::now() < deadline
-            {
-                self.probe(flight).await;
+                // Boxed: the timer and the probe would make every waiter's future twice as
+                // large, and most wait without them.
+                Box::pin(self.wait_with_timer(flight, done, foreign, deadline, now)).await;
             }
+            woken = true;
+        }
+    }
+
+    /// One wait on `done` of a caller with its own deadline or on another runtime than the
+    /// flight's: until `deadline`, or [`STALL_PROBE_INTERVAL`] for a foreign flight, which is
+    /// probed then.
+    async fn wait_with_timer(
+        &self,
+        flight: &Arc<Flight>,
+        done: Pin<&mut tokio::sync::futures::Notified<'_>>,
+        foreign: bool,
+        deadline: Instant,
+        now: Instant,
+    ) {
+        let wake = if foreign {
+            deadline.min(now + STALL_PROBE_INTERVAL)
+        } else {
+            deadline
+        };
+        if tokio::time::timeout_at(wake, done).await.is_err()
+            && foreign
+            && Instant::now() < deadline
+        {
+            self.probe(flight).await;
         }
     }
 
@@ -235,8 +292,7 @@ impl Inner {
 
     /// Fails with [`Error::TimeDisabled`] on a runtime without the time driver, instead of
     /// panicking in a timer later.
-    fn ensure_time(&self, runtime: &Handle) -> Result<()> {
-        let id = runtime.id();
+    fn ensure_time(&self, id: runtime::Id) -> Result<()> {
         let hash = {
             use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
             BuildHasherDefault::<DefaultHasher>::default().hash_one(id) | 1
@@ -275,22 +331,32 @@ impl Inner {
         if state.flight.is_none() && !cooling {
             tracing::debug!("access token nears expiry: refreshing it in the background");
             // Without a runtime the caller just keeps the valid token; the next one retries.
-            let _ = self.start_flight(state, true);
+            // Spawned at once: this caller has its token and does not wait for the refresh.
+            if let Ok((_, launch)) = self.start_flight(state, true) {
+                launch.spawn();
+            }
         }
     }
 
-    /// Spawns a refresh on the current runtime.
-    fn start_flight(self: &Arc<Self>, state: &mut State, background: bool) -> Result<Arc<Flight>> {
+    /// Sets up a refresh on the current runtime, to be launched once the state lock is
+    /// released.
+    fn start_flight(
+        self: &Arc<Self>,
+        state: &mut State,
+        background: bool,
+    ) -> Result<(Arc<Flight>, Launch)> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let id = state.next_flight_id;
         state.next_flight_id += 1;
+        let started = Instant::now();
         let flight = Arc::new(Flight {
             id,
-            started: Instant::now(),
+            started,
             runtime: runtime.clone(),
             outcome: OnceLock::new(),
             done: Notify::new(),
-            tick_at: later(Instant::now(), self.config.max_wait),
+            tick_at: later(started, self.config.max_wait),
+            ticked: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             progress: Mutex::default(),
             forced: state.storm.take_forced(),
@@ -311,28 +377,67 @@ impl Inner {
             flight: Arc::clone(&flight),
             finished: false,
         };
-        drop(
-            runtime.spawn(
-                async move {
-                    let mut guard = guard;
-                    let (inner, flight) = (Arc::clone(&guard.inner), Arc::clone(&guard.flight));
-                    let fetch = inner.fetch(&flight);
-                    tokio::pin!(fetch);
-                    let result = match tokio::time::timeout_at(flight.tick_at, fetch.as_mut()).await
-                    {
-                        Ok(result) => result,
-                        Err(_) => {
-                            // Waiters without a timer of their own decide now.
-                            flight.done.notify_waiters();
-                            fetch.await
-                        }
-                    };
-                    guard.finish(result);
-                }
-                .instrument(span),
-            ),
+        let task = Box::pin(
+            async move {
+                let mut guard = guard;
+                let (inner, flight) = (Arc::clone(&guard.inner), Arc::clone(&guard.flight));
+                let fetch = inner.fetch(&flight);
+                tokio::pin!(fetch);
+                let result = match tokio::time::timeout_at(flight.tick_at, fetch.as_mut()).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // Waiters without a timer of their own decide now.
+                        flight.ticked.store(true, Ordering::Release);
+                        flight.done.notify_waiters();
+                        fetch.await
+                    }
+                };
+                guard.finish(result);
+            }
+            .instrument(span),
         );
-        Ok(flight)
+        Ok((flight, Launch { runtime, task }))
+    }
+}
+
+/// How a cold start ended for the caller: a token after all, a refresh to wait on, or a
+/// refresh it set up and launches.
+enum Joined {
+    Token(AccessToken),
+    Wait(Arc<Flight>),
+    Started(Arc<Flight>, Launch),
+}
+
+/// A refresh set up under the state lock and not yet running.
+#[must_use = "a refresh that is not launched never runs (dropping it reports it lost)"]
+struct Launch {
+    runtime: Handle,
+    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Launch {
+    /// Runs the refresh as a task of its own.
+    fn spawn(self) {
+        drop(self.runtime.spawn(self.task));
+    }
+
+    /// Runs the refresh's first step in the caller's own poll, then hands the rest to a
+    /// task. The caller that found the cache cold signs its assertion and opens the
+    /// connection now: a task spawned while the runtime's queues hold the herd this caller
+    /// came with starts only after the scheduler has polled them (milliseconds for 10,000
+    /// callers). A caller cancelled later leaves the task running, as always.
+    ///
+    /// Whatever the step registers with the caller's waker (a socket, a timer) is
+    /// registered again with the task's at its first poll; the caller may get one spurious
+    /// wake-up.
+    async fn start(self) {
+        let Launch { runtime, mut task } = self;
+        let finished =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(task.as_mut().poll(cx).is_ready()))
+                .await;
+        if !finished {
+            drop(runtime.spawn(task));
+        }
     }
 }
 
@@ -387,6 +492,9 @@ impl FlightGuard {
         }
         inner.set_flight(&mut state, None);
         inner.settle(&mut state, &result, self.flight.started.elapsed());
+        // Woken without the lock held: waking a herd of 10,000 takes milliseconds, and
+        // callers that come meanwhile take the cached token without waiting for the lock.
+        drop(state);
         self.flight.publish(Outcome::Ready(result));
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::token::AccessToken;
 
 use super::builder::Config;
-use super::cache::{Cached, later};
+use super::cache::{self, Cached, later};
 use super::flight::Flight;
 use super::{Inner, State};
 
@@ -93,7 +93,7 @@ impl Inner {
     /// A token already inside its hard margin is a failed attempt: no caller may get it.
     fn check_usable(&self, token: AccessToken) -> Result<AccessToken> {
         let now = Instant::now();
-        if !Cached::new(&self.config, token.clone()).usable(now) {
+        if !cache::usable(&self.config, &token, now) {
             return Err(Error::ExpiredOnArrival {
                 lifetime: token.lifetime(),
                 latency: now.saturating_duration_since(token.issued_at_instant()),
