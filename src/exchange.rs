@@ -2,6 +2,7 @@
 //! answer turned into a token or a precise error.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -416,6 +417,7 @@ impl TokenEndpoint {
             form: String::new(),
             basic: None,
             client_assertion: None,
+            minted: None,
             scrubber: Scrubber::default(),
             not_applicable: false,
             sending: "the token request's credentials",
@@ -472,12 +474,19 @@ impl fmt::Debug for TokenEndpoint {
     }
 }
 
+/// Signs a grant's assertion for one attempt of a token request.
+pub(crate) type MintAssertion<'a> = Box<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<SecretString>> + Send + 'a>> + Send + Sync + 'a,
+>;
+
 /// One token request being built; from [`TokenEndpoint::request`].
 pub struct TokenRequest<'a> {
     endpoint: &'a TokenEndpoint,
     form: String,
     basic: Option<SecretString>,
     client_assertion: Option<(&'a str, &'a dyn Signer)>,
+    /// A secret parameter signed anew for each attempt (a grant's assertion).
+    minted: Option<(&'static str, MintAssertion<'a>)>,
     scrubber: Scrubber,
     not_applicable: bool,
     sending: &'static str,
@@ -539,15 +548,16 @@ impl<'a> TokenRequest<'a> {
         self
     }
 
+    /// Adds the secret parameter `name` with an assertion `mint` signs at each attempt: the
+    /// nonce retry of a DPoP request carries a fresh `jti` too, which a server with replay
+    /// checks wants. Signed only once the request can go, like a client assertion.
+    pub(crate) fn minted_param(mut self, name: &'static str, mint: MintAssertion<'a>) -> Self {
+        self.minted = Some((name, mint));
+        self
+    }
+
     fn append(&mut self, name: &str, value: &str) {
-        if !self.form.is_empty() {
-            self.form.push('&');
-        }
-        self.form
-            .extend(form_urlencoded::byte_serialize(name.as_bytes()));
-        self.form.push('=');
-        self.form
-            .extend(form_urlencoded::byte_serialize(value.as_bytes()));
+        append_param(&mut self.form, name, value);
     }
 
     /// Names what the request carries and how to allow it over plain http, for
@@ -586,25 +596,35 @@ impl<'a> TokenRequest<'a> {
             self.allow_with,
         )?;
         let client = endpoint.client(&url)?;
-        // Signed only once the request can go: a KMS is not asked for a refused request.
-        if let Some((client_id, signer)) = self.client_assertion.take() {
-            let audience = endpoint.assertion_audience.as_deref().unwrap_or(&target);
-            let jws = Jws::new(keys::ASSERTION_LIFETIME)?
-                .claim("iss", client_id)
-                .claim("sub", client_id)
-                .claim("aud", audience);
-            let assertion = keys::mint(signer, jws, endpoint.timeout).await?;
-            self.append("client_id", client_id);
-            self.append("client_assertion_type", CLIENT_ASSERTION_TYPE);
-            self.append("client_assertion", assertion.expose_secret());
-            self.scrubber = std::mem::take(&mut self.scrubber).secret(assertion.expose_secret());
-        }
-        let body = SecretString::from(std::mem::take(&mut self.form));
+        let form = SecretString::from(std::mem::take(&mut self.form));
         let dpop = endpoint.dpop.as_deref();
         // With DPoP, a 400 `use_dpop_nonce` is answered once more with the server's nonce.
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Assertions are signed for each attempt, and only once the request can go: a
+            // KMS is not asked for a refused request, and a retry carries a fresh `jti`.
+            let mut body = form.expose_secret().to_owned();
+            if let Some((name, mint)) = &self.minted {
+                let assertion = mint().await?;
+                append_param(&mut body, name, assertion.expose_secret());
+                self.scrubber =
+                    std::mem::take(&mut self.scrubber).secret(assertion.expose_secret());
+            }
+            if let Some((client_id, signer)) = self.client_assertion {
+                let audience = endpoint.assertion_audience.as_deref().unwrap_or(&target);
+                let jws = Jws::new(keys::ASSERTION_LIFETIME)?
+                    .claim("iss", client_id)
+                    .claim("sub", client_id)
+                    .claim("aud", audience);
+                let assertion = keys::mint(signer, jws, endpoint.timeout).await?;
+                append_param(&mut body, "client_id", client_id);
+                append_param(&mut body, "client_assertion_type", CLIENT_ASSERTION_TYPE);
+                append_param(&mut body, "client_assertion", assertion.expose_secret());
+                self.scrubber =
+                    std::mem::take(&mut self.scrubber).secret(assertion.expose_secret());
+            }
+            let body = SecretString::from(body);
             // A body that cannot be cloned: no client resends it to a 307/308's target.
             let stream = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from(
                 body.expose_secret().to_owned(),
@@ -694,6 +714,16 @@ impl<'a> TokenRequest<'a> {
         self.not_applicable = true;
         self
     }
+}
+
+/// Appends `name=value`, both form-urlencoded, to the form `form`.
+fn append_param(form: &mut String, name: &str, value: &str) {
+    if !form.is_empty() {
+        form.push('&');
+    }
+    form.extend(form_urlencoded::byte_serialize(name.as_bytes()));
+    form.push('=');
+    form.extend(form_urlencoded::byte_serialize(value.as_bytes()));
 }
 
 /// A token endpoint's whole answer: from [`TokenRequest::send_response`].

@@ -240,6 +240,50 @@ mod against_the_emulator {
         assert_eq!(stats.dpop_tokens, 3);
     }
 
+    /// The nonce retry signs its assertions again: a server that checks `jti` against replays
+    /// (and does so before it looks at the DPoP proof, as the emulator does) would refuse
+    /// the first request's assertion sent a second time.
+    #[tokio::test]
+    async fn the_nonce_retry_signs_new_assertions_for_servers_that_check_jti() {
+        use token_refresh::{ClientAuth, JwtBearer, SigningKey};
+        const ISSUER: &str = "robot@example.com";
+        let emulator = Emulator::start().await.unwrap();
+        emulator.check_replays(true);
+        emulator.require_dpop_nonce(true);
+        let grant_key = SigningKey::from_pem(pem("ed25519.pem"))
+            .unwrap()
+            .key_id("grant");
+        emulator
+            .register_key(ISSUER, &grant_key.public_jwk().unwrap())
+            .unwrap();
+        let client_key = SigningKey::from_pem(pem("ec-pkcs8.pem"))
+            .unwrap()
+            .key_id("client");
+        emulator
+            .register_key(emulator.client_id(), &client_key.public_jwk().unwrap())
+            .unwrap();
+
+        let jwt_bearer = JwtBearer::signed_by(emulator.token_url(), ISSUER, grant_key)
+            .dpop(DpopKey::generate_ed25519());
+        TokenProvider::new(jwt_bearer).token().await.unwrap();
+        let private_key_jwt = ClientCredentials::with_client_auth(
+            emulator.token_url(),
+            emulator.client_id(),
+            ClientAuth::private_key_jwt(client_key),
+        )
+        .dpop(DpopKey::generate_ed25519());
+        TokenProvider::new(private_key_jwt).token().await.unwrap();
+
+        let stats = emulator.stats();
+        // Each source: a 400 use_dpop_nonce, then a token; no assertion refused as replayed.
+        assert_eq!(stats.dpop_refusals, 2);
+        assert_eq!(stats.dpop_tokens, 2);
+        assert_eq!(
+            stats.token_failures, 2,
+            "only the two nonce refusals failed"
+        );
+    }
+
     #[tokio::test]
     async fn a_server_that_keeps_refusing_the_nonce_gets_one_retry_only() {
         let server = httpmock::MockServer::start_async().await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -460,14 +460,13 @@ impl TokenSource for JwtBearer {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
-        let assertion = self.assertion().await?;
         let scope = self.scopes.join(" ");
         let mut request = self
             .endpoint
             .request()
             .describe(SENDING, ALLOW_WITH)
             .param("grant_type", Self::GRANT_TYPE)
-            .secret_param("assertion", assertion.expose_secret());
+            .minted_param("assertion", Box::new(|| Box::pin(self.assertion())));
         if !scope.is_empty() {
             request = request.param("scope", &scope);
         }
