@@ -21,6 +21,7 @@ use crate::dpop::DpopKey;
 use crate::error::{Error, Result, Scrubber};
 use crate::keys::{self, Jws, Signer};
 use crate::metadata::{Discovery, ServerMetadata};
+use crate::quiet_panic::Passed;
 use crate::store::KeyBuilder;
 use crate::token::{AccessToken, is_b64token};
 use crate::transport::{check_transport, origin_of, same_origin};
@@ -1048,11 +1049,16 @@ fn parse_expires_in(value: Option<&Value>) -> Result<Duration> {
 
 /// Fails with [`Error::IoDisabled`] on a Tokio runtime without the I/O driver, where reqwest
 /// would panic on its first socket. Registering a loopback UDP socket is the one way to ask
-/// (tokio panics without the driver; the panic is caught, unprinted); it costs a socket per
-/// token request, next to the request's own connection. Outside a runtime, or if no socket
-/// can be had, nothing is decided here.
+/// (tokio panics without the driver; the panic is caught, unprinted). It costs a socket and
+/// four system calls, tens of microseconds on the way of a cold start's first request, so
+/// it runs once per runtime. Outside a runtime, or if no socket can be had, nothing is
+/// decided here.
 fn ensure_io() -> Result<()> {
-    if tokio::runtime::Handle::try_current().is_err() {
+    static PASSED: Passed = Passed::new();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(());
+    };
+    if PASSED.on(runtime.id()) {
         return Ok(());
     }
     let Ok(socket) = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)) else {
@@ -1062,7 +1068,10 @@ fn ensure_io() -> Result<()> {
         return Ok(());
     }
     match crate::quiet_panic::catch_quietly(|| tokio::net::UdpSocket::from_std(socket)) {
-        Some(_) => Ok(()),
+        Some(_) => {
+            PASSED.set(runtime.id());
+            Ok(())
+        }
         None => Err(Error::IoDisabled),
     }
 }
@@ -1070,6 +1079,27 @@ fn ensure_io() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The I/O probe's memory is per runtime: a runtime that passed does not vouch for one
+    /// built without the driver, before or after it.
+    #[test]
+    fn the_io_probe_passes_per_runtime() {
+        let with_io = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let without_io = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            assert!(with_io.block_on(async { ensure_io() }).is_ok());
+            assert!(matches!(
+                without_io.block_on(async { ensure_io() }),
+                Err(Error::IoDisabled)
+            ));
+        }
+    }
 
     fn parse(status: u16, body: &str) -> Result<AccessToken> {
         parse_token_response(status, None, body.as_bytes(), Instant::now())

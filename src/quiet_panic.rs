@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::panic::{self, UnwindSafe};
 use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     /// Set while this thread runs a probe whose panic is expected.
@@ -35,4 +36,29 @@ pub(crate) fn catch_quietly<R>(probe: impl FnOnce() -> R + UnwindSafe) -> Option
     let outcome = panic::catch_unwind(probe);
     QUIET.with(|q| q.set(was_quiet));
     outcome.ok()
+}
+
+/// The last Tokio runtime a probe found its driver on: a driver does not come or go in a
+/// runtime's life, so a probe runs once per runtime instead of once per call.
+pub(crate) struct Passed(AtomicU64);
+
+impl Passed {
+    pub(crate) const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// Whether the probe passed on runtime `id` (the last one it passed on).
+    pub(crate) fn on(&self, id: tokio::runtime::Id) -> bool {
+        self.0.load(Ordering::Relaxed) == key(id)
+    }
+
+    pub(crate) fn set(&self, id: tokio::runtime::Id) {
+        self.0.store(key(id), Ordering::Relaxed);
+    }
+}
+
+/// A runtime id as a non-zero number (tokio's `Id` only hashes).
+fn key(id: tokio::runtime::Id) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id) | 1
 }

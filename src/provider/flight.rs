@@ -293,11 +293,7 @@ impl Inner {
     /// Fails with [`Error::TimeDisabled`] on a runtime without the time driver, instead of
     /// panicking in a timer later.
     fn ensure_time(&self, id: runtime::Id) -> Result<()> {
-        let hash = {
-            use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(id) | 1
-        };
-        if self.time_checked.load(Ordering::Relaxed) == hash {
+        if self.time_checked.on(id) {
             return Ok(());
         }
         if self.lock_state().no_time == Some(id) {
@@ -311,7 +307,7 @@ impl Inner {
             self.lock_state().no_time = Some(id);
             return Err(Error::TimeDisabled);
         }
-        self.time_checked.store(hash, Ordering::Relaxed);
+        self.time_checked.set(id);
         Ok(())
     }
 

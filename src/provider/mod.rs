@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::health::{Health, Metrics};
+use crate::quiet_panic::Passed;
 use crate::source::TokenSource;
 use crate::token::AccessToken;
 
@@ -97,7 +98,7 @@ struct Inner {
     in_flight: RwLock<Option<Arc<Flight>>>,
     /// A hash of the last runtime found to have a time driver, so that a caller on it skips
     /// the probe (0: none yet).
-    time_checked: AtomicU64,
+    time_checked: Passed,
     state: Mutex<State>,
     metrics: Metrics,
     /// Calls of the token source, for [`Health`].
@@ -280,7 +281,7 @@ impl Inner {
             cache: RwLock::new(None),
             refreshing: AtomicBool::new(false),
             in_flight: RwLock::new(None),
-            time_checked: AtomicU64::new(0),
+            time_checked: Passed::new(),
             state: Mutex::new(State::default()),
             token_requests: AtomicU64::new(0),
             forced_refreshes: AtomicU64::new(0),
