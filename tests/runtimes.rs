@@ -230,6 +230,32 @@ async fn with_defaults_no_caller_waits_longer_than_the_documented_bound() {
     assert!(error.to_string().contains("still running"), "{error}");
 }
 
+/// A caller that joins a refresh already under way (it waits at the flight's gate, without
+/// a timer of its own) still gives up `max_wait` after it came: the refresh opens the gate
+/// at its own `max_wait`, and the caller waits the rest with a timer.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_joins_a_stuck_refresh_gives_up_after_its_own_max_wait() {
+    let provider = TokenProvider::builder(|| async {
+        std::future::pending::<()>().await;
+        AccessToken::new("never", Duration::from_secs(60))
+    })
+    .max_wait(Duration::from_secs(10))
+    .build();
+    let first = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.token().await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let error = provider.token().await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(matches!(error, Error::WaitTimeout { .. }), "{error:?}");
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(Error::WaitTimeout { .. })
+    ));
+}
+
 /// The tower integration has the same bound, settable per layer.
 #[cfg(feature = "tower")]
 #[tokio::test(start_paused = true)]
