@@ -120,60 +120,33 @@ async fn herd(
     key: &str,
     path: &std::path::Path,
 ) -> Vec<Duration> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(callers));
-    let mut tasks = Vec::with_capacity(callers);
     match library {
         Library::TokenRefresh => {
-            let provider = token_refresh::TokenProvider::new(
-                token_refresh::JwtBearer::google_service_account(path, [SCOPE]).unwrap(),
-            );
-            for _ in 0..callers {
-                let (provider, barrier) = (provider.clone(), Arc::clone(&barrier));
-                tasks.push(tokio::spawn(async move {
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    RELEASED.lock().unwrap().get_or_insert(start);
-                    provider.token().await.expect("a token");
-                    start.elapsed()
-                }));
-            }
+            let source = token_refresh::JwtBearer::google_service_account(path, [SCOPE]).unwrap();
+            release_provider(callers, token_refresh::TokenProvider::new(source)).await
         }
         Library::TokenRefreshRing => {
             let file: serde_json::Value = serde_json::from_str(key).unwrap();
             let text = |name: &str| file[name].as_str().unwrap().to_owned();
             let signer = RingSigner::new(&text("private_key"), text("private_key_id"));
-            let provider = token_refresh::TokenProvider::new(
-                token_refresh::JwtBearer::signed_by(
-                    text("token_uri"),
-                    text("client_email"),
-                    signer,
-                )
-                .claim("scope", SCOPE),
-            );
-            for _ in 0..callers {
-                let (provider, barrier) = (provider.clone(), Arc::clone(&barrier));
-                tasks.push(tokio::spawn(async move {
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    RELEASED.lock().unwrap().get_or_insert(start);
-                    provider.token().await.expect("a token");
-                    start.elapsed()
-                }));
-            }
+            let source = token_refresh::JwtBearer::signed_by(
+                text("token_uri"),
+                text("client_email"),
+                signer,
+            )
+            .claim("scope", SCOPE);
+            release_provider(callers, token_refresh::TokenProvider::new(source)).await
         }
         Library::GcpAuth => {
             use gcp_auth::TokenProvider as _;
             let provider = Arc::new(gcp_auth::CustomServiceAccount::from_json(key).unwrap());
-            for _ in 0..callers {
-                let (provider, barrier) = (Arc::clone(&provider), Arc::clone(&barrier));
-                tasks.push(tokio::spawn(async move {
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    RELEASED.lock().unwrap().get_or_insert(start);
+            release(callers, || {
+                let provider = Arc::clone(&provider);
+                async move {
                     provider.token(&[SCOPE]).await.expect("a token");
-                    start.elapsed()
-                }));
-            }
+                }
+            })
+            .await
         }
         Library::YupOauth2 => {
             let account = yup_oauth2::parse_service_account_key(key).unwrap();
@@ -183,18 +156,47 @@ async fn herd(
                     .await
                     .unwrap(),
             );
-            for _ in 0..callers {
-                let (auth, barrier) = (Arc::clone(&auth), Arc::clone(&barrier));
-                tasks.push(tokio::spawn(async move {
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    RELEASED.lock().unwrap().get_or_insert(start);
+            release(callers, || {
+                let auth = Arc::clone(&auth);
+                async move {
                     auth.token(&[SCOPE]).await.expect("a token");
-                    start.elapsed()
-                }));
-            }
+                }
+            })
+            .await
         }
     }
+}
+
+async fn release_provider(callers: usize, provider: token_refresh::TokenProvider) -> Vec<Duration> {
+    release(callers, || {
+        let provider = provider.clone();
+        async move {
+            provider.token().await.expect("a token");
+        }
+    })
+    .await
+}
+
+/// Spawns `callers` tasks that wait at one barrier and then each await a future from
+/// `call`; returns how long each took from its release.
+async fn release<F, Fut>(callers: usize, call: F) -> Vec<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(callers));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (barrier, call) = (Arc::clone(&barrier), call());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let start = Instant::now();
+                RELEASED.lock().unwrap().get_or_insert(start);
+                call.await;
+                start.elapsed()
+            })
+        })
+        .collect();
     let mut latencies = Vec::with_capacity(callers);
     for task in tasks {
         latencies.push(task.await.unwrap());
