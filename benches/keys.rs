@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use common::{Bench, Mode, fmt_dur, fmt_ns, multi_thread_runtime, percentile, verdict};
 use rsa::pkcs1::EncodeRsaPrivateKey as _;
 use rsa::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
-use token_refresh::emulator::Emulator;
 use token_refresh::{JwtBearer, Signer, SigningAlgorithm, SigningKey, TokenProvider};
+use token_refresh_emulator::Emulator;
 
 const GROUP: &str = "assertion_signature";
 const ID_HERD: &str = "keys_rs256_herd";

@@ -84,21 +84,21 @@ fn cached_path(args: &common::Args) -> Option<common::Paired> {
     Some(pair)
 }
 
-#[cfg(not(all(feature = "redis", feature = "emulator")))]
+#[cfg(not(feature = "redis"))]
 fn cold_start(args: &common::Args) -> Option<Result<String, String>> {
     args.measures(ID_COLD)
         .then(|| Err("build with --features redis,emulator (or --all-features)".to_owned()))
 }
 
-#[cfg(all(feature = "redis", feature = "emulator"))]
+#[cfg(feature = "redis")]
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
-#[cfg(all(feature = "redis", feature = "emulator"))]
+#[cfg(feature = "redis")]
 fn cold_start(args: &common::Args) -> Option<Result<String, String>> {
     use token_refresh::JwtBearer;
-    use token_refresh::emulator::Emulator;
     use token_refresh::store::RedisStore;
+    use token_refresh_emulator::Emulator;
 
     if !args.measures(ID_COLD) {
         return None;

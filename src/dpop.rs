@@ -33,10 +33,10 @@ use crate::keys::{self, Parsed};
 /// The `typ` of a DPoP proof (RFC 9449 §4.2).
 pub const PROOF_TYPE: &str = "dpop+jwt";
 
-/// The request header that carries a proof (RFC 9449 §4.1).
-pub(crate) const HEADER: &str = "dpop";
-/// The response header that carries a server's nonce (RFC 9449 §8).
-pub(crate) const NONCE_HEADER: &str = "dpop-nonce";
+/// The request header that carries a proof (RFC 9449 §4.1), lowercase.
+pub const HEADER: &str = "dpop";
+/// The response header that carries a server's nonce (RFC 9449 §8), lowercase.
+pub const NONCE_HEADER: &str = "dpop-nonce";
 /// Longest `DPoP-Nonce` kept: a server's nonce is a short opaque string; a huge one is not
 /// copied into every proof.
 const MAX_NONCE_LEN: usize = 512;

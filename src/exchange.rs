@@ -60,14 +60,13 @@ const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VE
 /// # Example
 ///
 /// A grant of your own is a [`TokenSource`](crate::TokenSource) (here a closure) that builds
-/// its form and sends it. Against the built-in emulator (`token_refresh::emulator`, feature
+/// its form and sends it. Against the built-in emulator (`token_refresh_emulator`, feature
 /// `emulator`), offline, the client-credentials grant written by hand:
 ///
 /// ```
-/// # #[cfg(feature = "emulator")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use token_refresh::emulator::Emulator;
+/// use token_refresh_emulator::Emulator;
 /// use token_refresh::{TokenEndpoint, TokenProvider};
 ///
 /// let emulator = Emulator::start().await?;
@@ -89,8 +88,6 @@ const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VE
 /// assert!(!token.expose_secret().is_empty());
 /// assert_eq!(emulator.stats().token_successes, 1);
 /// # Ok(()) }
-/// # #[cfg(not(feature = "emulator"))]
-/// # fn main() {}
 /// ```
 ///
 /// An RFC 6749 §6 refresh-token grant is the same with its own parameters:
@@ -187,10 +184,9 @@ impl TokenEndpoint {
     /// of RFC 8414 §3.3). Does no I/O.
     ///
     /// ```
-    /// # #[cfg(feature = "emulator")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh_emulator::Emulator;
     /// use token_refresh::{ClientCredentials, TokenEndpoint, TokenProvider};
     ///
     /// let emulator = Emulator::start().await?;
@@ -202,8 +198,6 @@ impl TokenEndpoint {
     /// TokenProvider::new(source).token().await?;
     /// assert_eq!(emulator.stats().discovery_requests, 1); // cached, not fetched per request
     /// # Ok(()) }
-    /// # #[cfg(not(feature = "emulator"))]
-    /// # fn main() {}
     /// ```
     pub fn discover(issuer: impl Into<String>) -> Self {
         let issuer = issuer.into();

@@ -62,10 +62,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// emulator's hand-written `EchoClient` stands in for one):
 ///
 /// ```no_run
-/// # #[cfg(all(feature = "tonic", feature = "emulator"))]
+/// # #[cfg(feature = "tonic")]
 /// # async fn run(provider: token_refresh::TokenProvider) -> Result<(), Box<dyn std::error::Error>> {
 /// use token_refresh::AuthLayer;
-/// use token_refresh::emulator::grpc::EchoClient;
+/// use token_refresh_emulator::grpc::EchoClient;
 /// use tonic::transport::Endpoint;
 /// use tower::ServiceBuilder;
 ///

@@ -31,15 +31,15 @@
 //!
 //! # With reqwest
 //!
-//! Against the built-in [emulator] of DT's identity service and API, so it runs offline;
+//! Against the [emulator](https://docs.rs/token-refresh-emulator) of DT's identity service and API (the `token-refresh-emulator` crate), so it runs offline;
 //! with real credentials it is `TokenProvider::discover()?` and DT's URL:
 //!
 //! ```
-//! # #[cfg(all(feature = "reqwest", feature = "emulator"))]
+//! # #[cfg(feature = "reqwest")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use reqwest_middleware::ClientBuilder;
-//! use token_refresh::emulator::Emulator;
+//! use token_refresh_emulator::Emulator;
 //! use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
 //!
 //! let emulator = Emulator::start().await?;
@@ -50,7 +50,7 @@
 //! let projects = client.get(format!("{}/projects", emulator.api_url())).send().await?;
 //! assert_eq!(projects.status(), 200);
 //! # Ok(()) }
-//! # #[cfg(not(all(feature = "reqwest", feature = "emulator")))]
+//! # #[cfg(not(feature = "reqwest"))]
 //! # fn main() {}
 //! ```
 //!
@@ -107,10 +107,9 @@
 //! |---|---|---|
 //! | `reqwest` | yes | [`AuthMiddleware`] for `reqwest-middleware` |
 //! | `tower` | yes | [`AuthLayer`] / [`AuthService`], replay of request bodies ([`ReplayBody`]) |
-//! | `emulator` | yes | [`emulator::Emulator`], an offline DT identity service and API for demos and tests |
 //! | `rustls` | yes | TLS through rustls (as reqwest's feature of that name) |
 //! | `native-tls` | no | TLS through the platform's library; with `default-features = false`, no aws-lc is built |
-//! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel`; with `emulator`, a gRPC echo service |
+//! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel` |
 //! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
 //!
 //! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there. HS256 signing
@@ -170,9 +169,6 @@ pub mod defaults;
 mod discovery;
 pub mod dpop;
 pub mod dt;
-#[cfg(feature = "emulator")]
-#[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
-pub mod emulator;
 mod error;
 mod exchange;
 mod grants;

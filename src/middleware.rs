@@ -18,14 +18,13 @@ use crate::transport::same_origin;
 ///
 /// # Example
 ///
-/// Against the built-in [emulator](crate::emulator) (feature `emulator`), offline:
+/// Against the emulator (the `token-refresh-emulator` crate, a dev-dependency), offline:
 ///
 /// ```
-/// # #[cfg(feature = "emulator")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use reqwest_middleware::ClientBuilder;
-/// use token_refresh::emulator::Emulator;
+/// use token_refresh_emulator::Emulator;
 /// use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
 ///
 /// let emulator = Emulator::start().await?;
@@ -40,8 +39,6 @@ use crate::transport::same_origin;
 ///     .await?;
 /// assert_eq!(response.status(), 200);
 /// # Ok(()) }
-/// # #[cfg(not(feature = "emulator"))]
-/// # fn main() {}
 /// ```
 ///
 /// # Behaviour

@@ -397,11 +397,11 @@ async fn an_echoed_form_encoded_secret_is_scrubbed() {
     assert_no_secret(&texts, &encoded);
 }
 
-#[cfg(all(feature = "emulator", feature = "reqwest"))]
+#[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn emulator_tokens_work_on_the_api_with_both_client_authentications() {
     use token_refresh::AuthMiddleware;
-    use token_refresh::emulator::Emulator;
+    use token_refresh_emulator::Emulator;
 
     let default = Emulator::start().await.unwrap();
     let special = Emulator::builder()

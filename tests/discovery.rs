@@ -1,7 +1,6 @@
 //! Discovery (RFC 8414 / OpenID Connect): the token endpoint found in the issuer's metadata,
 //! fetched once for many token requests and again only after its TTL; a document naming
 //! another issuer refused; OpenID's location used when RFC 8414's is missing.
-#![cfg(feature = "emulator")]
 
 mod common;
 
@@ -9,8 +8,8 @@ use std::time::Duration;
 
 use common::{Received, json_response, serve};
 use serde_json::json;
-use token_refresh::emulator::Emulator;
 use token_refresh::{ClientCredentials, Error, TokenEndpoint, TokenSource};
+use token_refresh_emulator::Emulator;
 
 fn source(emulator: &Emulator, endpoint: TokenEndpoint) -> ClientCredentials {
     ClientCredentials::new(endpoint, emulator.client_id(), emulator.client_secret())

@@ -162,13 +162,11 @@ fn keys_load_from_pem_and_refuse_what_cannot_sign_proofs() {
     let body = secret.lines().nth(1).unwrap();
     assert!(!text.contains(body), "{text}");
 }
-
-#[cfg(feature = "emulator")]
 mod against_the_emulator {
     use super::*;
-    use token_refresh::emulator::Emulator;
     use token_refresh::store::FileStore;
     use token_refresh::{ClientCredentials, TokenProvider, TokenSource};
+    use token_refresh_emulator::Emulator;
 
     fn source(emulator: &Emulator, key: &DpopKey) -> ClientCredentials {
         emulator.client_credentials().dpop(key.clone())

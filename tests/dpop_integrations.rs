@@ -2,7 +2,7 @@
 //! proof (signature, `htm`, `htu`, `iat`, `jti` replay, `ath`, the token's key) and can demand
 //! a nonce: `Authorization: DPoP` with a fresh proof per request, the nonce 401 answered once
 //! with the body replayed and no refresh, nonces kept per origin, and tonic calls over DPoP.
-#![cfg(all(feature = "emulator", feature = "reqwest", feature = "tower"))]
+#![cfg(all(feature = "reqwest", feature = "tower"))]
 
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::ClientBuilder;
 use token_refresh::dpop::DpopKey;
-use token_refresh::emulator::Emulator;
 use token_refresh::{AuthLayer, AuthMiddleware, TokenProvider};
+use token_refresh_emulator::Emulator;
 use tower::{ServiceBuilder, ServiceExt};
 
 fn provider(emulator: &Emulator) -> TokenProvider {
@@ -150,7 +150,7 @@ async fn a_tower_stack_carries_dpop_and_replays_a_streaming_body_after_a_nonce_4
 #[cfg(feature = "tonic")]
 #[tokio::test]
 async fn tonic_calls_go_over_dpop() {
-    use token_refresh::emulator::grpc::EchoClient;
+    use token_refresh_emulator::grpc::EchoClient;
     let emulator = Emulator::start().await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(emulator.origin())
         .unwrap()

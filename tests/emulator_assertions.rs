@@ -2,14 +2,13 @@
 //! with the tokens it issues, and produces the faults it is told to.
 //!
 //! Real time throughout: these tests talk over loopback sockets.
-#![cfg(feature = "emulator")]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use token_refresh::emulator::{Emulator, Fault, Stats};
 use token_refresh::{Error, JwtBearer, TokenProvider, TokenSource};
+use token_refresh_emulator::{Emulator, Fault, Stats};
 
 const GRANT: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
 

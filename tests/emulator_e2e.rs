@@ -1,11 +1,11 @@
 //! The middleware end to end against the emulator: revocation, short TTLs, injected faults.
-#![cfg(all(feature = "emulator", feature = "reqwest"))]
+#![cfg(feature = "reqwest")]
 
 use std::time::Duration;
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use token_refresh::emulator::{Emulator, Fault};
 use token_refresh::{AuthMiddleware, Error, JwtBearer, TokenProvider};
+use token_refresh_emulator::{Emulator, Fault};
 
 fn client_for(emulator: &Emulator) -> (ClientWithMiddleware, TokenProvider) {
     let provider = TokenProvider::builder(JwtBearer::new(emulator.account()))

@@ -1,13 +1,12 @@
 //! Does the emulator's token endpoint implement the client-credentials grant (RFC 6749 §4.4)
 //! with both client authentications of RFC 6749 §2.3.1, strictly, next to the JWT-bearer one?
-#![cfg(feature = "emulator")]
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use token_refresh::emulator::Emulator;
 use token_refresh::{ClientAuth, ClientCredentials, Error, JwtBearer, TokenProvider};
+use token_refresh_emulator::Emulator;
 
 /// Bounds every provider call: a permanent error must not be retried for long.
 const LIMIT: Duration = Duration::from_secs(5);

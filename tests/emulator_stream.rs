@@ -1,13 +1,12 @@
 //! Does the emulator's device event stream behave like DT's `devices:stream`: NDJSON events
 //! with gap-revealing ids, pings, and the right ending when its token expires, is revoked or
 //! the connection drops?
-#![cfg(feature = "emulator")]
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use token_refresh::emulator::{Emulator, StreamEnd, event_sequence};
 use token_refresh::{JwtBearer, TokenProvider};
+use token_refresh_emulator::{Emulator, StreamEnd, event_sequence};
 
 /// Longest wait for one line when one is expected.
 const LINE_WAIT: Duration = Duration::from_secs(3);

@@ -112,11 +112,11 @@ async fn out_of_a_tower_box_error() {
     );
 }
 
-#[cfg(all(feature = "tonic", feature = "emulator"))]
+#[cfg(feature = "tonic")]
 #[tokio::test]
 async fn out_of_a_tonic_status() {
     use tower::ServiceBuilder;
-    let emulator = token_refresh::emulator::Emulator::start().await.unwrap();
+    let emulator = token_refresh_emulator::Emulator::start().await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(emulator.origin())
         .unwrap()
         .connect()
@@ -125,7 +125,7 @@ async fn out_of_a_tonic_status() {
     let channel = ServiceBuilder::new()
         .layer(token_refresh::AuthLayer::new(failing_provider()))
         .service(channel);
-    let mut client = token_refresh::emulator::grpc::EchoClient::new(channel);
+    let mut client = token_refresh_emulator::grpc::EchoClient::new(channel);
     let status = client.unary("hi").await.unwrap_err();
     assert!(
         matches!(Error::find(&status), Some(Error::Connect(_))),

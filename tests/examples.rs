@@ -1,7 +1,7 @@
 //! The examples run as a user would run them: `refresh_loop` offline against the built-in
 //! emulator, and unchanged against an independent JWT-bearer server named by a DT
 //! credentials file.
-#![cfg(all(feature = "reqwest", feature = "emulator"))]
+#![cfg(feature = "reqwest")]
 
 mod common;
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
-use token_refresh::emulator::Emulator;
 use token_refresh::{Error, JwtBearer, SigningKey, TokenProvider};
+use token_refresh_emulator::Emulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const EMAIL: &str = "robot@my-project.iam.gserviceaccount.com";

@@ -1,14 +1,14 @@
 //! `AuthLayer` over a real tonic 0.14 `Channel`, calling a real gRPC server on loopback (the
 //! emulator's `emulator.Echo`, which checks bearer tokens against the tokens its identity
 //! service issued).
-#![cfg(all(feature = "tonic", feature = "emulator"))]
+#![cfg(feature = "tonic")]
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use token_refresh::emulator::grpc::EchoClient;
-use token_refresh::emulator::{Emulator, Stats};
 use token_refresh::{AuthLayer, AuthService, JwtBearer, TokenProvider};
+use token_refresh_emulator::grpc::EchoClient;
+use token_refresh_emulator::{Emulator, Stats};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use token_refresh::emulator::Emulator;
 use token_refresh::{
     ClientAuth, ClientCredentials, Error, JwtBearer, Signer, SigningAlgorithm, SigningKey,
     TokenEndpoint, TokenProvider,
 };
+use token_refresh_emulator::Emulator;
 
 const ISSUER: &str = "robot@example.com";
 

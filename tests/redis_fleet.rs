@@ -2,7 +2,7 @@
 //! example) share one token, one refresh per token lifetime fleet-wide; a Redis that stops
 //! mid-run fails no call; a lease holder killed mid-refresh is replaced within its lease;
 //! garbage in Redis is never handed out.
-#![cfg(all(feature = "redis", feature = "emulator"))]
+#![cfg(feature = "redis")]
 
 mod common;
 

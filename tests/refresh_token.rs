@@ -2,14 +2,13 @@
 //! series whose refresh token is spent twice: rotation in one process, `invalid_grant` as
 //! "re-authorization needed", copies without a store dying loudly, and copies sharing a
 //! `FileStore` rotating safely.
-#![cfg(feature = "emulator")]
 
 mod common;
 
 use common::LogCapture;
-use token_refresh::emulator::Emulator;
 use token_refresh::store::{FileStore, StoreConfig, StoreError, TokenStore};
 use token_refresh::{ClientAuth, Error, OAuthClient, RefreshToken, TokenProvider, TokenSource};
+use token_refresh_emulator::Emulator;
 
 fn client(emulator: &Emulator) -> OAuthClient {
     OAuthClient::new(emulator.client_id(), emulator.client_secret())

@@ -146,8 +146,7 @@ enum Endpoint {
     /// Nothing listens: every connection attempt is refused.
     Closed,
     /// The emulator with `fault` injected for the first `times` token requests.
-    #[cfg(feature = "emulator")]
-    Emulator(token_refresh::emulator::Fault, usize),
+    Emulator(token_refresh_emulator::Fault, usize),
 }
 
 /// A running endpoint: the source pointed at it, and its request count.
@@ -158,8 +157,7 @@ enum Running {
     },
     Raw(RawServer),
     Closed,
-    #[cfg(feature = "emulator")]
-    Emulator(token_refresh::emulator::Emulator),
+    Emulator(token_refresh_emulator::Emulator),
 }
 
 impl Running {
@@ -174,7 +172,6 @@ impl Running {
             }
             Self::Raw(raw) => raw.requests.load(Ordering::SeqCst),
             Self::Closed => 0,
-            #[cfg(feature = "emulator")]
             Self::Emulator(emu) => emu.stats().token_requests as usize,
         }
     }
@@ -687,9 +684,8 @@ fn cases(secrets: &Secrets) -> Vec<Case> {
         fail("Transport", |e| matches!(e, Error::Transport(_))),
         ATTEMPTS,
     ));
-    #[cfg(feature = "emulator")]
     {
-        use token_refresh::emulator::Fault;
+        use token_refresh_emulator::Fault;
         cases.push(Case::new(
             "emulator DropConnection, persistent",
             Endpoint::Emulator(Fault::DropConnection, 100),
@@ -979,9 +975,8 @@ async fn start(endpoint: &Endpoint, secrets: &Secrets) -> (Running, JwtBearer) {
             (Running::Raw(raw), source)
         }
         Endpoint::Closed => (Running::Closed, ours().token_url(closed_port_url())),
-        #[cfg(feature = "emulator")]
         Endpoint::Emulator(fault, times) => {
-            let emu = token_refresh::emulator::Emulator::start().await.unwrap();
+            let emu = token_refresh_emulator::Emulator::start().await.unwrap();
             emu.inject_fault(fault.clone(), *times);
             let account = emu.account();
             secrets

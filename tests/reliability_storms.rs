@@ -3,7 +3,6 @@
 //!
 //! Both tests run on a multi-thread runtime with two workers and real time (they use
 //! sockets). They assert outcomes and request counts, never durations.
-#![cfg(feature = "emulator")]
 
 mod common;
 
@@ -13,8 +12,8 @@ use std::time::Duration;
 use common::{source, token_json};
 use httpmock::prelude::*;
 use reqwest_middleware::ClientBuilder;
-use token_refresh::emulator::Emulator;
 use token_refresh::{AccessToken, AuthMiddleware, Error, JwtBearer, TokenProvider};
+use token_refresh_emulator::Emulator;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 

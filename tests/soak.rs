@@ -9,13 +9,13 @@
 //!
 //! CI runs it as a step of its own. Its paused-time twin (24 simulated hours) is in
 //! `tests/reliability_soak.rs`, which the README's test command runs.
-#![cfg(all(feature = "reqwest", feature = "emulator"))]
+#![cfg(feature = "reqwest")]
 
 use std::time::Duration;
 
 use reqwest_middleware::ClientBuilder;
-use token_refresh::emulator::Emulator;
 use token_refresh::{AuthMiddleware, JwtBearer, TokenProvider};
+use token_refresh_emulator::Emulator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_two_real_minutes() {

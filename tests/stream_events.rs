@@ -4,7 +4,7 @@
 //!
 //! Each test runs the example binary that `cargo test` builds against its own in-process
 //! emulator, in real time; the three runs go in parallel, in about 15 s together.
-#![cfg(all(feature = "reqwest", feature = "emulator"))]
+#![cfg(feature = "reqwest")]
 
 mod common;
 
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use token_refresh::emulator::{Emulator, Stats, StreamEnd, event_sequence};
+use token_refresh_emulator::{Emulator, Stats, StreamEnd, event_sequence};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 

@@ -1,7 +1,6 @@
 //! The token-exchange grant: a projected-token file re-read at every exchange, GitHub
 //! Actions' OIDC token service played by a local server, the form RFC 8693 wants, and the
 //! issued token type kept.
-#![cfg(feature = "emulator")]
 
 mod common;
 
@@ -9,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use common::{Received, form_value, json_response, serve};
 use serde_json::json;
-use token_refresh::emulator::Emulator;
 use token_refresh::{
     Error, GitHubActionsToken, OAuthClient, SubjectTokenFile, SubjectTokenSource, TokenExchange,
     TokenProvider, TokenSource, token_types,
 };
+use token_refresh_emulator::Emulator;
 
 fn temp_file(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!(

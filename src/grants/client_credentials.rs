@@ -43,10 +43,9 @@ impl ClientAuth {
     /// assertion's claims.
     ///
     /// ```
-    /// # #[cfg(feature = "emulator")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh_emulator::Emulator;
     /// use token_refresh::{ClientAuth, ClientCredentials, SigningKey, TokenProvider};
     ///
     /// let emulator = Emulator::start().await?;
@@ -67,8 +66,6 @@ impl ClientAuth {
     /// let provider = TokenProvider::new(source);
     /// assert!(!provider.token().await?.expose_secret().is_empty());
     /// # Ok(()) }
-    /// # #[cfg(not(feature = "emulator"))]
-    /// # fn main() {}
     /// ```
     pub fn private_key_jwt(signer: impl Signer) -> Self {
         Self::PrivateKeyJwt(Arc::new(signer))
@@ -121,14 +118,13 @@ impl Signer for EmptySecret {
 ///
 /// # Example
 ///
-/// Against the built-in emulator (`token_refresh::emulator`, feature `emulator`), offline;
+/// Against the emulator (the `token-refresh-emulator` crate, a dev-dependency), offline;
 /// with a real server, pass its token URL and your client's credentials:
 ///
 /// ```
-/// # #[cfg(feature = "emulator")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use token_refresh::emulator::Emulator;
+/// use token_refresh_emulator::Emulator;
 /// use token_refresh::{ClientAuth, ClientCredentials, TokenProvider};
 ///
 /// let emulator = Emulator::start().await?;
@@ -146,8 +142,6 @@ impl Signer for EmptySecret {
 /// assert!(!token.expose_secret().is_empty());
 /// assert_eq!(emulator.stats().token_successes, 1);
 /// # Ok(()) }
-/// # #[cfg(not(feature = "emulator"))]
-/// # fn main() {}
 /// ```
 ///
 /// The emulator's `client_credentials()` builds the same source in one call.

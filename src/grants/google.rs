@@ -37,10 +37,9 @@ impl JwtBearer {
     /// Against the emulator, which plays Google's token endpoint with a key file of its own:
     ///
     /// ```
-    /// # #[cfg(feature = "emulator")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh_emulator::Emulator;
     /// use token_refresh::{JwtBearer, TokenProvider};
     ///
     /// let emulator = Emulator::start().await?;
@@ -56,8 +55,6 @@ impl JwtBearer {
     /// assert!(!provider.token().await?.expose_secret().is_empty());
     /// # std::fs::remove_file(&path)?;
     /// # Ok(()) }
-    /// # #[cfg(not(feature = "emulator"))]
-    /// # fn main() {}
     /// ```
     pub fn google_service_account<S: AsRef<str>>(
         path: impl AsRef<Path>,

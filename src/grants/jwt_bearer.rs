@@ -49,13 +49,12 @@ const ALLOW_WITH: &str = "`JwtBearer::allow_http(true)`; for a provider from \
 ///
 /// # Example
 ///
-/// Against the built-in emulator (`token_refresh::emulator`, feature `emulator`), offline:
+/// Against the emulator (the `token-refresh-emulator` crate, a dev-dependency), offline:
 ///
 /// ```
-/// # #[cfg(feature = "emulator")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use token_refresh::emulator::Emulator;
+/// use token_refresh_emulator::Emulator;
 /// use token_refresh::{JwtBearer, ServiceAccount, TokenProvider};
 ///
 /// let emulator = Emulator::start().await?;
@@ -69,8 +68,6 @@ const ALLOW_WITH: &str = "`JwtBearer::allow_http(true)`; for a provider from \
 /// assert!(!token.expose_secret().is_empty());
 /// assert_eq!(emulator.stats().token_successes, 1);
 /// # Ok(()) }
-/// # #[cfg(not(feature = "emulator"))]
-/// # fn main() {}
 /// ```
 ///
 /// [`from_assertion_file`](Self::from_assertion_file) has an example of its own.
@@ -143,10 +140,9 @@ impl JwtBearer {
     /// [`scope`](Self::scope) does.
     ///
     /// ```
-    /// # #[cfg(feature = "emulator")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh_emulator::Emulator;
     /// use token_refresh::{JwtBearer, TokenProvider};
     ///
     /// let emulator = Emulator::start().await?;
@@ -184,8 +180,6 @@ impl JwtBearer {
     /// assert_eq!(emulator.stats().token_successes, 2);
     /// # std::fs::remove_file(&path)?;
     /// # Ok(()) }
-    /// # #[cfg(not(feature = "emulator"))]
-    /// # fn main() {}
     /// ```
     pub fn from_assertion_file(token_url: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         Self {
@@ -208,10 +202,9 @@ impl JwtBearer {
     /// [`timeout`](Self::timeout). Does no I/O.
     ///
     /// ```
-    /// # #[cfg(feature = "emulator")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use token_refresh::emulator::Emulator;
+    /// use token_refresh_emulator::Emulator;
     /// use token_refresh::{JwtBearer, SigningKey, TokenProvider};
     ///
     /// let emulator = Emulator::start().await?;
@@ -230,8 +223,6 @@ impl JwtBearer {
     /// let provider = TokenProvider::new(source);
     /// assert!(!provider.token().await?.expose_secret().is_empty());
     /// # Ok(()) }
-    /// # #[cfg(not(feature = "emulator"))]
-    /// # fn main() {}
     /// ```
     pub fn signed_by(
         token_url: impl Into<String>,

@@ -60,10 +60,9 @@ const LEASE_POLL_MAX: Duration = Duration::from_millis(500);
 /// # Example
 ///
 /// ```
-/// # #[cfg(feature = "emulator")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use token_refresh::emulator::Emulator;
+/// use token_refresh_emulator::Emulator;
 /// use token_refresh::{OAuthClient, RefreshToken, TokenProvider};
 ///
 /// let emulator = Emulator::start().await?;
@@ -76,8 +75,6 @@ const LEASE_POLL_MAX: Duration = Duration::from_millis(500);
 /// assert!(!provider.token().await?.expose_secret().is_empty());
 /// assert_eq!(emulator.stats().refresh_token_grants, 1);
 /// # Ok(()) }
-/// # #[cfg(not(feature = "emulator"))]
-/// # fn main() {}
 /// ```
 pub struct RefreshToken {
     endpoint: TokenEndpoint,

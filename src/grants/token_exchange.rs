@@ -224,10 +224,9 @@ impl fmt::Debug for GitHubActionsToken {
 /// # Example
 ///
 /// ```
-/// # #[cfg(feature = "emulator")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use token_refresh::emulator::Emulator;
+/// use token_refresh_emulator::Emulator;
 /// use token_refresh::{SubjectTokenFile, TokenExchange, TokenProvider, token_types};
 ///
 /// let emulator = Emulator::start().await?;
@@ -242,8 +241,6 @@ impl fmt::Debug for GitHubActionsToken {
 /// assert_eq!(emulator.subject_tokens().len(), 1);
 /// # std::fs::remove_file(&path).ok();
 /// # Ok(()) }
-/// # #[cfg(not(feature = "emulator"))]
-/// # fn main() {}
 /// ```
 #[derive(Clone)]
 pub struct TokenExchange {

@@ -19,9 +19,9 @@
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use token_refresh::emulator::Emulator;
 use token_refresh::store::RedisStore;
 use token_refresh::{JwtBearer, OAuthClient, RefreshToken, ServiceAccount, TokenProvider};
+use token_refresh_emulator::Emulator;
 
 const USAGE: &str = "usage: fleet --redis URL [--workers N] [--callers C] [--seconds S] [--ttl S]
              [--grant jwt-bearer|refresh] [--no-store]

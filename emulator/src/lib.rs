@@ -103,7 +103,7 @@
 //! # Example
 //!
 //! ```
-//! use token_refresh::emulator::Emulator;
+//! use token_refresh_emulator::Emulator;
 //! use token_refresh::{JwtBearer, TokenProvider};
 //!
 //! #[tokio::main(flavor = "current_thread")]
@@ -131,7 +131,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::{ClientCredentials, ServiceAccount};
+use token_refresh::{ClientCredentials, ServiceAccount};
 
 mod body;
 mod client_auth;
@@ -143,6 +143,7 @@ mod grants;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
+mod jwt;
 mod keys;
 mod race;
 mod responses;
@@ -192,6 +193,8 @@ pub struct EmulatorBuilder {
     event_interval: Duration,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
+    bind: SocketAddr,
+    public_url: Option<String>,
 }
 
 /// Request counts, from [`Emulator::stats`].
@@ -240,6 +243,8 @@ const GOOGLE_EMAIL: &str = "emulator@emulator.iam.gserviceaccount.com";
 
 /// State shared by the handle and the connection tasks.
 struct Shared {
+    /// `http://ADDR`, or the public URL: what every URL the emulator names starts with.
+    origin: String,
     account: ServiceAccount,
     client: Client,
     /// Public keys registered with [`Emulator::register_key`].
@@ -303,28 +308,28 @@ enum TokenCheck {
 
 impl Emulator {
     /// Registers the public key `jwk` (with `kid` and `alg`: RS256, PS256, ES256 or EdDSA;
-    /// [`SigningKey::public_jwk`](crate::SigningKey::public_jwk) gives one) for `issuer`:
+    /// [`SigningKey::public_jwk`](token_refresh::SigningKey::public_jwk) gives one) for `issuer`:
     /// a JWT-bearer assertion whose `kid` is this key's must be signed with it, with `alg`
     /// as registered (HS256 is refused, whatever the secret: no algorithm confusion) and
     /// `iss` = `issuer`; a client whose id is `issuer` can authenticate with
     /// `private_key_jwt` signed with it (`iss` = `sub` = the client id). Both are checked
     /// for `aud` = the token URL, `exp` and `iat`, and, when
     /// [`check_replays`](Self::check_replays) is on, a `jti` not seen before. A JWK that is
-    /// not such a key is an [`Error::Config`](crate::Error::Config).
+    /// not such a key is an [`Error::Config`](token_refresh::Error::Config).
     pub fn register_key(
         &self,
         issuer: impl Into<String>,
         jwk: &serde_json::Value,
-    ) -> crate::Result<()> {
+    ) -> token_refresh::Result<()> {
         self.shared
             .keys
             .register(issuer.into(), jwk)
-            .map_err(|problem| crate::Error::Config(format!("emulator: {problem}")))
+            .map_err(|problem| token_refresh::Error::Config(format!("emulator: {problem}")))
     }
 
     /// A Google service account key file (the JSON Google issues) for this emulator: its
     /// `token_uri` is the emulator's and its RSA key is registered, so
-    /// [`JwtBearer::google_service_account`](crate::JwtBearer::google_service_account) gets
+    /// [`JwtBearer::google_service_account`](token_refresh::JwtBearer::google_service_account) gets
     /// tokens offline. The key is built into the emulator and public: never use it elsewhere.
     pub fn google_key_file(&self) -> serde_json::Value {
         serde_json::json!({
@@ -361,11 +366,13 @@ impl Emulator {
             event_interval: DEFAULT_EVENT_INTERVAL,
             client_id: None,
             client_secret: None,
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            public_url: None,
         }
     }
 
     /// The generated service account, with its token URL set to this emulator's, so that
-    /// [`JwtBearer::new`](crate::JwtBearer::new) talks to the emulator unchanged. Every call
+    /// [`JwtBearer::new`](token_refresh::JwtBearer::new) talks to the emulator unchanged. Every call
     /// returns the same credentials.
     pub fn account(&self) -> ServiceAccount {
         self.shared.account.clone()
@@ -409,13 +416,13 @@ impl Emulator {
 
     /// The API base URL, `http://127.0.0.1:PORT/v2`.
     pub fn api_url(&self) -> String {
-        format!("http://{}{}", self.addr, server::API_PREFIX)
+        format!("{}{}", self.shared.origin, server::API_PREFIX)
     }
 
-    /// The origin of both the token endpoint and the API, `http://127.0.0.1:PORT`: what to
-    /// bind tokens to with `for_origin`.
+    /// The origin of both the token endpoint and the API, `http://127.0.0.1:PORT` (or the
+    /// [public URL](EmulatorBuilder::public_url)): what to bind tokens to with `for_origin`.
     pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
+        self.shared.origin.clone()
     }
 
     /// The address the server listens on.
@@ -493,7 +500,7 @@ impl Emulator {
 
     /// The issuer identifier, `http://127.0.0.1:PORT`, whose metadata (RFC 8414, OpenID
     /// discovery) names the token endpoint: what
-    /// [`TokenEndpoint::discover`](crate::TokenEndpoint::discover) wants.
+    /// [`TokenEndpoint::discover`](token_refresh::TokenEndpoint::discover) wants.
     pub fn issuer(&self) -> String {
         self.origin()
     }
@@ -566,6 +573,8 @@ impl fmt::Debug for EmulatorBuilder {
                 "client_secret",
                 &self.client_secret.as_ref().map(|_| "[REDACTED]"),
             )
+            .field("bind", &self.bind)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -608,11 +617,28 @@ impl EmulatorBuilder {
         self
     }
 
-    /// Binds a free port of `127.0.0.1` and starts serving; see [`Emulator::start`].
+    /// Sets the address to listen on. Default: a free port of `127.0.0.1`. Anything but a
+    /// loopback address exposes the emulator, whose keys and secrets are test values, to
+    /// the network: do it only inside a test network (a docker-compose file).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Sets the URL clients reach the emulator at, e.g. `http://emulator:8080` inside a
+    /// docker-compose network: the token URL, the issuer and the audience assertions must
+    /// name are built on it. Default: `http://` and the bound address.
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.public_url = Some(url.into().trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// Binds the [address](Self::bind) and starts serving; see [`Emulator::start`].
     pub async fn start(self) -> std::io::Result<Emulator> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = tokio::net::TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
-        let token_url = format!("http://{addr}{}", server::TOKEN_PATH);
+        let origin = self.public_url.unwrap_or_else(|| format!("http://{addr}"));
+        let token_url = format!("{origin}{}", server::TOKEN_PATH);
         let account = generate_account().with_token_url(token_url.clone());
         let client = Client {
             id: self
@@ -628,6 +654,7 @@ impl EmulatorBuilder {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (event_interval, interval_changes) = watch::channel(self.event_interval);
         let shared = Arc::new(Shared {
+            origin,
             account,
             client,
             keys: keys::Registry::default(),
@@ -649,7 +676,7 @@ impl EmulatorBuilder {
             revocations: watch::Sender::new(0),
             closes: watch::Sender::new(0),
         });
-        let google = crate::SigningKey::from_pem(GOOGLE_KEY_PEM)
+        let google = token_refresh::SigningKey::from_pem(GOOGLE_KEY_PEM)
             .expect("the built-in key parses")
             .key_id(GOOGLE_KEY_ID);
         shared

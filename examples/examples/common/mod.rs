@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use token_refresh::emulator::Emulator;
 use token_refresh::{Error, ServiceAccount, dt};
+use token_refresh_emulator::Emulator;
 
 /// Where an example gets its tokens and sends its calls. Keep it alive: the emulator, if
 /// one is used, stops when it is dropped.

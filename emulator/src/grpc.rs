@@ -1,5 +1,5 @@
-//! A small gRPC service behind the emulator's bearer tokens (features `emulator` and
-//! `tonic`): what the gRPC example and tests call through `AuthLayer` over a tonic
+//! A small gRPC service behind the emulator's bearer tokens (feature `tonic`): what
+//! the gRPC example and tests call through `AuthLayer` over a tonic
 //! `Channel`, with no `protoc` anywhere — messages are raw bytes ([`BytesCodec`]).
 //!
 //! Service `emulator.Echo`, on the emulator's own port (HTTP/2):

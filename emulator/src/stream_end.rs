@@ -4,7 +4,7 @@
 /// revoked; see [`Emulator::set_stream_end`](super::Emulator::set_stream_end).
 ///
 /// ```
-/// use token_refresh::emulator::StreamEnd;
+/// use token_refresh_emulator::StreamEnd;
 ///
 /// // DT's behaviour, the default: one last line with gRPC code 16, then a clean end.
 /// assert_eq!(StreamEnd::default(), StreamEnd::Error { code: 16 });

@@ -174,7 +174,7 @@ async fn token_endpoint(
         Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
     };
     // A DPoP proof is checked before anything is spent (a refresh token, say).
-    let jkt = if parts.headers.contains_key(crate::dpop::HEADER) {
+    let jkt = if parts.headers.contains_key(token_refresh::dpop::HEADER) {
         let checked = {
             let mut state = shared.lock();
             let require = state.dpop.require_nonce;
@@ -217,7 +217,7 @@ async fn token_endpoint(
             state.stats.token_exchanges += 1;
             body.insert(
                 "issued_token_type".into(),
-                crate::token_types::ACCESS_TOKEN.into(),
+                token_refresh::token_types::ACCESS_TOKEN.into(),
             );
         }
         Grant::JwtBearer | Grant::ClientCredentials { .. } => {}
@@ -271,7 +271,7 @@ fn add_dpop_nonce(shared: &Shared, response: &mut Response<Body>) {
     {
         response
             .headers_mut()
-            .insert(crate::dpop::NONCE_HEADER, nonce);
+            .insert(token_refresh::dpop::NONCE_HEADER, nonce);
     }
 }
 
@@ -419,7 +419,7 @@ fn unauthorized(shared: &Shared, problem: TokenCheck) -> Response<Body> {
     {
         response
             .headers_mut()
-            .insert(crate::dpop::NONCE_HEADER, nonce);
+            .insert(token_refresh::dpop::NONCE_HEADER, nonce);
     }
     response
 }

@@ -1,21 +1,17 @@
 //! The token request checks: form decoding, the grant type, and per grant the JWT-bearer
 //! assertion or the client's credentials.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::HeaderMap;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
-use serde_json::Value;
+use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::client_auth::Client;
 use super::form::{Form, Rejection, parse_form};
 use super::grants::is_token_type;
+use super::jwt::{self, Invalid, Rules};
 use super::keys::{Purpose, Registry, VerifyWith};
-use crate::ServiceAccount;
-use crate::{ClientCredentials, JwtBearer, RefreshToken, TokenExchange};
 use secrecy::ExposeSecret as _;
+use token_refresh::ServiceAccount;
+use token_refresh::{ClientCredentials, JwtBearer, RefreshToken, TokenExchange};
 
 /// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
 /// give.
@@ -80,9 +76,9 @@ pub(super) fn check_token_request(
         Some(JwtBearer::GRANT_TYPE) => match form.get("assertion") {
             None | Some("") => Err(Rejection::request("the assertion parameter is missing")),
             Some(assertion) => {
-                let header = jsonwebtoken::decode_header(assertion)
-                    .map_err(|_| Rejection::grant("the assertion is not a well-formed JWT"))?;
-                match keys.get(header.kid.as_deref()) {
+                let header = jwt::header(assertion)
+                    .ok_or_else(|| Rejection::grant("the assertion is not a well-formed JWT"))?;
+                match keys.get(header.get("kid").and_then(|k| k.as_str())) {
                     Some(key) => keys.verify(
                         assertion,
                         &header,
@@ -204,9 +200,9 @@ fn check_client_assertion(
         None | Some("") => return Err(Rejection::client("the client_assertion is missing")),
         Some(assertion) => assertion,
     };
-    let header = jsonwebtoken::decode_header(assertion)
-        .map_err(|_| Rejection::client("the client assertion is not a well-formed JWT"))?;
-    let key = keys.get(header.kid.as_deref());
+    let header = jwt::header(assertion)
+        .ok_or_else(|| Rejection::client("the client assertion is not a well-formed JWT"))?;
+    let key = keys.get(header.get("kid").and_then(|k| k.as_str()));
     let with = match &key {
         Some(key) => VerifyWith::Key(key),
         None => VerifyWith::Secret(client.secret.expose_secret().as_bytes()),
@@ -240,24 +236,18 @@ fn check_scope(scope: &str) -> Result<String, Rejection> {
     }
 }
 
-/// The claims checked by hand; jsonwebtoken checks `exp`, `iss` and `aud`.
-#[derive(Deserialize)]
-struct Claims {
-    iat: Option<Value>,
-}
-
 /// Validates a JWT-bearer assertion like DT's identity service.
 fn check_assertion(
     assertion: &str,
     account: &ServiceAccount,
     token_url: &str,
 ) -> Result<(), Rejection> {
-    let header = jsonwebtoken::decode_header(assertion)
-        .map_err(|_| Rejection::grant("the assertion is not a well-formed JWT"))?;
-    if header.alg != Algorithm::HS256 {
+    let header = jwt::header(assertion)
+        .ok_or_else(|| Rejection::grant("the assertion is not a well-formed JWT"))?;
+    if jwt::algorithm(&header) != Some(Algorithm::HS256) {
         return Err(Rejection::grant("the assertion's alg must be HS256"));
     }
-    match header.kid.as_deref() {
+    match header.get("kid").and_then(|k| k.as_str()) {
         None => return Err(Rejection::grant("the assertion's header has no kid")),
         Some(kid) if kid != account.key_id() => {
             return Err(Rejection::grant(
@@ -267,48 +257,39 @@ fn check_assertion(
         Some(_) => {}
     }
 
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = LEEWAY_SECS;
-    validation.set_audience(&[token_url]);
-    validation.set_issuer(&[account.email()]);
-    validation.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
-    crate::grants::jwt_bearer::install_crypto_provider();
-    let key = DecodingKey::from_secret(account.expose_secret().as_bytes());
-    let claims = jsonwebtoken::decode::<Claims>(assertion, &key, &validation)
-        .map_err(|e| Rejection::grant(describe(e.kind(), token_url)))?
-        .claims;
-
-    let iat = match claims.iat {
-        None => return Err(Rejection::grant("the assertion lacks the iat claim")),
-        Some(iat) => iat
-            .as_f64()
-            .ok_or_else(|| Rejection::grant("the assertion's iat is not a number"))?,
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    if iat > now + LEEWAY_SECS as f64 {
+    let key = DecodingKey::from_secret(account.expose_secret().as_bytes())
+        .map_err(|_| Rejection::grant("the service account has no secret"))?;
+    let describe = |e| Rejection::grant(describe(e, token_url));
+    let claims = jwt::verify(assertion, Algorithm::HS256, &key).map_err(describe)?;
+    jwt::check(
+        &claims,
+        &Rules {
+            issuer: Some(account.email()),
+            audience: Some(token_url),
+            required: &["exp", "iat", "aud", "iss"],
+            leeway: LEEWAY_SECS,
+        },
+    )
+    .map_err(describe)?;
+    let iat = claims["iat"]
+        .as_f64()
+        .ok_or_else(|| Rejection::grant("the assertion's iat is not a number"))?;
+    if iat > jwt::now() + LEEWAY_SECS as f64 {
         return Err(Rejection::grant("the assertion's iat is in the future"));
     }
     Ok(())
 }
 
-pub(super) fn describe(kind: &ErrorKind, token_url: &str) -> String {
-    match kind {
-        ErrorKind::InvalidSignature => "the assertion's signature does not verify".into(),
-        ErrorKind::ExpiredSignature => "the assertion has expired (exp is in the past)".into(),
-        ErrorKind::InvalidIssuer => "the assertion's iss is not the service account's email".into(),
-        ErrorKind::InvalidAudience => {
+pub(super) fn describe(invalid: Invalid, token_url: &str) -> String {
+    match invalid {
+        Invalid::Signature => "the assertion's signature does not verify".into(),
+        Invalid::Expired => "the assertion has expired (exp is in the past)".into(),
+        Invalid::Issuer => "the assertion's iss is not the service account's email".into(),
+        Invalid::Audience => {
             format!("the assertion's aud must be the token endpoint {token_url}")
         }
-        ErrorKind::ImmatureSignature => "the assertion's nbf is in the future".into(),
-        ErrorKind::InvalidAlgorithm => "the assertion's alg must be HS256".into(),
-        ErrorKind::MissingRequiredClaim(claim) => {
-            format!("the assertion lacks the {claim} claim")
-        }
-        ErrorKind::InvalidClaimFormat(claim) => {
-            format!("the assertion's {claim} claim is malformed")
-        }
-        _ => "the assertion is not a well-formed JWT".into(),
+        Invalid::Missing(claim) => format!("the assertion lacks the {claim} claim"),
+        Invalid::Format(claim) => format!("the assertion's {claim} claim is malformed"),
+        Invalid::Malformed => "the assertion is not a well-formed JWT".into(),
     }
 }

@@ -2,16 +2,14 @@
 //! signed with RS256, PS256, ES256 or EdDSA, and `client_secret_jwt` ones (HS256 with the
 //! client's secret).
 
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
-use serde::Deserialize;
-use serde_json::Value;
 
 use super::form::Rejection;
+use super::jwt::{self, Rules};
 use super::validate::LEEWAY_SECS;
 
 /// A public key a client or a service account registered, and whose assertions it signs.
@@ -34,15 +32,6 @@ struct Inner {
     keys: HashMap<String, RegisteredKey>,
     check_replays: bool,
     seen: HashSet<String>,
-}
-
-/// The claims an assertion must have beyond what jsonwebtoken checks.
-#[derive(Deserialize)]
-struct Claims {
-    iss: String,
-    sub: Option<String>,
-    iat: Option<Value>,
-    jti: Option<String>,
 }
 
 /// What an assertion is verified with: a registered key, or an HMAC secret (the client's,
@@ -133,7 +122,7 @@ impl Registry {
     pub(super) fn verify(
         &self,
         assertion: &str,
-        header: &Header,
+        header: &Value,
         with: VerifyWith<'_>,
         issuer: &str,
         token_url: &str,
@@ -148,41 +137,44 @@ impl Registry {
                 }
                 (key.algorithm, key.key.clone())
             }
-            VerifyWith::Secret(secret) => (Algorithm::HS256, DecodingKey::from_secret(secret)),
+            VerifyWith::Secret(secret) => (
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret)
+                    .map_err(|_| purpose.reject(format!("the {what} needs a client secret")))?,
+            ),
         };
-        if header.alg != algorithm {
+        if jwt::algorithm(header) != Some(algorithm) {
             return Err(purpose.reject(format!(
-                "the {what}'s alg {:?} is not the {:?} its key is registered for",
-                header.alg, algorithm
+                "the {what}'s alg {} is not the {algorithm:?} its key is registered for",
+                header.get("alg").unwrap_or(&Value::Null)
             )));
         }
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_audience(&[token_url]);
-        validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
-        crate::grants::jwt_bearer::install_crypto_provider();
-        let claims = jsonwebtoken::decode::<Claims>(assertion, &decoding, &validation)
-            .map_err(|e| {
-                purpose.reject(format!(
-                    "the {what} does not verify ({})",
-                    super::validate::describe(e.kind(), token_url)
-                ))
-            })?
-            .claims;
-        debug_assert_eq!(claims.iss, issuer);
-        if purpose == Purpose::Client && claims.sub.as_deref() != Some(issuer) {
+        let refuse = |e| {
+            purpose.reject(format!(
+                "the {what} does not verify ({})",
+                super::validate::describe(e, token_url)
+            ))
+        };
+        let claims = jwt::verify(assertion, algorithm, &decoding).map_err(refuse)?;
+        jwt::check(
+            &claims,
+            &Rules {
+                issuer: Some(issuer),
+                audience: Some(token_url),
+                required: &["exp", "iat", "aud", "iss"],
+                leeway: LEEWAY_SECS,
+            },
+        )
+        .map_err(refuse)?;
+        if purpose == Purpose::Client && claims.get("sub").and_then(Value::as_str) != Some(issuer) {
             return Err(purpose.reject(format!("the {what}'s sub must be the client id")));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        if claims.iat.and_then(|iat| iat.as_f64()).unwrap_or(f64::MAX) > now + LEEWAY_SECS as f64 {
+        if claims["iat"].as_f64().unwrap_or(f64::MAX) > jwt::now() + LEEWAY_SECS as f64 {
             return Err(purpose.reject(format!("the {what}'s iat is missing or in the future")));
         }
         let mut inner = self.lock();
         if inner.check_replays {
-            let Some(jti) = claims.jti else {
+            let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
                 return Err(purpose.reject(format!("the {what} has no jti")));
             };
             if !inner.seen.insert(format!("{issuer}\u{0}{jti}")) {

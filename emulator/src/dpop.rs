@@ -6,10 +6,11 @@ use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
-use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
+use super::jwt;
 use super::validate::LEEWAY_SECS;
 
 /// The emulator's DPoP state: the nonce it demands and the proofs it has seen.
@@ -54,7 +55,7 @@ impl Dpop {
         access_token: Option<&str>,
         require_nonce: bool,
     ) -> Result<String, Refusal> {
-        let mut proofs = headers.get_all(crate::dpop::HEADER).iter();
+        let mut proofs = headers.get_all(token_refresh::dpop::HEADER).iter();
         let proof = match (proofs.next(), proofs.next()) {
             (Some(proof), None) => proof
                 .to_str()
@@ -62,35 +63,34 @@ impl Dpop {
             (None, _) => return Err(invalid("the request has no DPoP proof")),
             (Some(_), Some(_)) => return Err(invalid("the request has more than one DPoP header")),
         };
-        let header = jsonwebtoken::decode_header(proof)
-            .map_err(|_| invalid("the DPoP proof is not a well-formed JWT"))?;
-        if header.typ.as_deref() != Some("dpop+jwt") {
+        let header =
+            jwt::header(proof).ok_or_else(|| invalid("the DPoP proof is not a well-formed JWT"))?;
+        if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
             return Err(invalid("the DPoP proof's typ is not dpop+jwt"));
         }
-        if !matches!(
-            header.alg,
-            Algorithm::ES256 | Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256
-        ) {
-            return Err(invalid(
-                "the DPoP proof's alg is not an asymmetric algorithm",
-            ));
-        }
-        let jwk: Jwk = header
-            .jwk
+        let algorithm = jwt::algorithm(&header)
+            .filter(|alg| {
+                matches!(
+                    alg,
+                    Algorithm::ES256 | Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256
+                )
+            })
+            .ok_or_else(|| invalid("the DPoP proof's alg is not an asymmetric algorithm"))?;
+        let jwk_value = header
+            .get("jwk")
             .ok_or_else(|| invalid("the DPoP proof's header has no jwk"))?;
-        if raw_header_has_private_key(proof) {
+        if ["d", "p", "q", "dp", "dq", "qi"]
+            .iter()
+            .any(|m| jwk_value.get(m).is_some())
+        {
             return Err(invalid("the DPoP proof's jwk holds a private key"));
         }
+        let jwk: Jwk = serde_json::from_value(jwk_value.clone())
+            .map_err(|_| invalid("the DPoP proof's jwk is not a usable public key"))?;
         let key = DecodingKey::from_jwk(&jwk)
             .map_err(|_| invalid("the DPoP proof's jwk is not a usable public key"))?;
-        let mut validation = Validation::new(header.alg);
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims = HashSet::new();
-        crate::grants::jwt_bearer::install_crypto_provider();
-        let claims = jsonwebtoken::decode::<Value>(proof, &key, &validation)
-            .map_err(|_| invalid("the DPoP proof's signature does not verify"))?
-            .claims;
+        let claims = jwt::verify(proof, algorithm, &key)
+            .map_err(|_| invalid("the DPoP proof's signature does not verify"))?;
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
         if text("htm") != Some(htm) {
             return Err(invalid(format!("the DPoP proof's htm is not {htm}")));
@@ -126,41 +126,6 @@ impl Dpop {
         if !self.seen.insert(jti.to_owned()) {
             return Err(invalid("the DPoP proof's jti was used before (a replay)"));
         }
-        jwk.thumbprint(ThumbprintHash::SHA256)
-            .or_else(|_| okp_thumbprint(&jwk))
-            .map_err(|_| invalid("the DPoP proof's jwk has no thumbprint"))
+        jwt::thumbprint(jwk_value).ok_or_else(|| invalid("the DPoP proof's jwk has no thumbprint"))
     }
-}
-
-/// Whether the proof's header `jwk` carries a private member (`d`, or RSA's primes).
-fn raw_header_has_private_key(proof: &str) -> bool {
-    use base64::Engine as _;
-    let Some(Ok(bytes)) = proof
-        .split('.')
-        .next()
-        .map(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h))
-    else {
-        return true;
-    };
-    let Ok(header) = serde_json::from_slice::<Value>(&bytes) else {
-        return true;
-    };
-    ["d", "p", "q", "dp", "dq", "qi"]
-        .iter()
-        .any(|m| header["jwk"].get(m).is_some())
-}
-
-/// RFC 7638 for an Ed25519 key (`{"crv","kty","x"}`), which jsonwebtoken leaves out.
-fn okp_thumbprint(jwk: &Jwk) -> Result<String, ()> {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    let value = serde_json::to_value(jwk).map_err(drop)?;
-    let member = |name: &str| value.get(name).and_then(Value::as_str).ok_or(());
-    let canonical = format!(
-        r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
-        member("crv")?,
-        member("x")?
-    );
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(canonical.as_bytes())))
 }

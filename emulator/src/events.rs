@@ -41,7 +41,7 @@ pub(super) struct Event {
 /// between (while it reconnected, or because it read too slowly).
 ///
 /// ```
-/// use token_refresh::emulator::event_sequence;
+/// use token_refresh_emulator::event_sequence;
 ///
 /// assert_eq!(event_sequence("evt-000000000042"), Some(42));
 /// assert_eq!(event_sequence("evt-1234567890123"), Some(1_234_567_890_123));

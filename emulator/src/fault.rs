@@ -7,7 +7,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use token_refresh::emulator::Fault;
+/// use token_refresh_emulator::Fault;
 ///
 /// let busy = Fault::status(429).with_retry_after("2"); // 429, `Retry-After: 2`, empty body
 /// let down = Fault::status(503); // 503, empty body

@@ -14,9 +14,9 @@
 
 use std::process::ExitCode;
 
-use token_refresh::emulator::Emulator;
-use token_refresh::emulator::grpc::EchoClient;
 use token_refresh::{AuthLayer, JwtBearer, TokenProvider};
+use token_refresh_emulator::Emulator;
+use token_refresh_emulator::grpc::EchoClient;
 use tonic::transport::Endpoint;
 use tower::ServiceBuilder;
 

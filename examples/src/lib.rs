@@ -1,0 +1,1 @@
+//! No library: this package holds the examples of `token-refresh` (see `examples/`).
