@@ -384,6 +384,18 @@ impl TokenEndpoint {
             .optional(self.dpop_key().map(DpopKey::thumbprint))
     }
 
+    /// The provider name of a source that asks this endpoint for `who`: the URL's host
+    /// (the issuer's, before discovery) and `who`, e.g. `auth.example.com/my-client`.
+    pub(crate) fn name_for(&self, who: &str) -> String {
+        let host = self
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_owned))
+            .unwrap_or_else(|| "token-endpoint".to_owned());
+        format!("{host}/{who}")
+    }
+
     /// The DPoP key of token requests, if [`dpop`](Self::dpop) set one.
     pub fn dpop_key(&self) -> Option<&DpopKey> {
         self.dpop.as_ref().map(|d| &d.key)

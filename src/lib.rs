@@ -113,6 +113,7 @@
 //! | `native-tls` | no | TLS through the platform's library; with `default-features = false`, no aws-lc is built |
 //! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel` |
 //! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
+//! | `redis` | no | [`store::RedisStore`]: one token for a fleet of processes on many hosts |
 //!
 //! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there, and every key
 //! type signs in every feature combination: aws-lc-rs when `aws-lc` is on, the RustCrypto
@@ -135,26 +136,57 @@
 //! # What it logs
 //!
 //! Through [`tracing`](https://docs.rs/tracing), never with a secret, an assertion or a
-//! token in a field. A refresh runs in a span `token_refresh` (fields `provider`,
-//! `refresh_id`, `background`) that follows from the span of the caller that started it.
+//! token in a field. Messages are constant, so that they can be searched; what varies is in
+//! fields. Every refresh logs one line at INFO when it ends with a token, or one at WARN when
+//! it fails, with the provider's name (`provider`: [`TokenProviderBuilder::name`], by default
+//! the token endpoint's host and the client id or issuer) and why it ran (`reason`):
+//!
+//! | `reason` | the refresh ran because |
+//! |---|---|
+//! | `first` | no token was ever obtained |
+//! | `proactive` | the token reached its proactive refresh point (in the background, callers keep the old one) |
+//! | `expired` | the token reached its hard margin |
+//! | `revoked` | the API rejected a token it had accepted before ([`TokenProvider::reject`], both integrations) |
+//! | `rejected` | the API rejected a token it never accepted, within the storm guard |
+//! | `invalidated` | [`TokenProvider::invalidate`] dropped the token |
+//! | `min-validity` | a caller needs a token that lasts longer ([`MinValidity`], [`TokenProvider::token_valid_for`]) |
+//!
+//! `from` says who served it: `token endpoint`, or `token store` (another process of the
+//! fleet fetched it). A refresh runs in a span `token_refresh` at DEBUG level (fields
+//! `provider`, `refresh_id`, `background`), which follows from the span of the caller that
+//! started it.
 //!
 //! | level | message | fields |
 //! |---|---|---|
-//! | DEBUG | `token refresh started` | |
-//! | INFO | `access token refreshed` | `attempt`, `expires_in_secs` |
-//! | WARN | `token request failed; retrying` | `attempt`, `error`, `retry_in_ms` |
-//! | WARN | `token refresh failed` | `attempt`, `error` |
+//! | INFO | `access token refreshed` | `provider`, `reason`, `from`, `attempt`, `expires_in_secs` |
+//! | WARN | `token refresh failed` | `provider`, `reason`, `attempt`, `error` |
+//! | WARN | `token request failed; retrying` | `provider`, `attempt`, `error`, `retry_in_ms` |
+//! | DEBUG | `token refresh started` | `reason` |
 //! | ERROR | `the token source panicked during a refresh` | |
 //! | DEBUG | `access token nears expiry: refreshing it in the background` | |
 //! | WARN | `the token refresh is stranded on a Tokio runtime that no longer runs it; restarting it on this one` | `refresh_id` |
 //! | DEBUG | `token refresh dropped with its runtime; a waiting caller restarts it` | |
-//! | DEBUG | `access token invalidated` | |
-//! | INFO | `access token rejected by the server: refreshing it` | `next_forced_refresh_in_ms` |
-//! | DEBUG | `rejected access token kept: a refresh was forced moments ago` | `retry_in_ms` |
+//! | DEBUG | `access token invalidated` | `provider` |
+//! | DEBUG | `access token revoked by the server: refreshing it` | |
+//! | DEBUG | `access token rejected by the server: refreshing it` | `next_forced_refresh_in_ms` |
+//! | DEBUG | `rejected access token kept: a refresh was forced moments ago` | `retry_in_ms`, `accepted_before` |
 //! | DEBUG | `token rejected for a request that cannot be replayed: returning it` | |
 //! | DEBUG | `token rejected, but the provider has no newer one: returning it` | |
 //! | DEBUG | `token rejected: resending once with a fresh one` | |
+//! | DEBUG | `the token endpoint wants a DPoP nonce: sending the request again with it` | |
 //! | WARN | `token endpoint claims an implausibly long lifetime; capping it` | `expires_in`, `cap` |
+//! | DEBUG | `server metadata fetched` | `issuer`, `url` |
+//! | WARN | `re-fetching the server's metadata failed: using what it said before` | `issuer`, `error` |
+//! | ERROR | `the token provider cannot use its token store` | `error` |
+//! | DEBUG | `access token taken from the token store` | `key` |
+//! | DEBUG | `a stored entry did not open or has expired: ignored` | `key` |
+//! | WARN | `the token store failed: fetching tokens without it until it answers again` | `provider`, `key`, `operation`, `error` (once per outage) |
+//! | INFO | `the token store answers again` | `provider`, `key` |
+//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `key` |
+//! | WARN | `the refresh token's lease was not released; it lapses by itself` | `error` |
+//! | WARN | `the stored refresh token does not open (another key, or garbage): using this process's` | |
+//! | WARN | `another process stored a refresh token while this one held the lease: keeping theirs` | |
+//! | WARN | `the rotated refresh token is kept in memory until the store takes it` | `error` |
 //!
 //! The emulator logs its own DEBUG events, each starting with `emulator:`.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -221,6 +221,7 @@ impl Middleware for AuthMiddleware {
                     return Ok(response);
                 };
                 drop(response);
+                self.policy.nonce_resend();
                 return self
                     .resend(
                         replay, url, &method, token, deadline, grpc, next, extensions,

@@ -277,6 +277,11 @@ impl TokenSource for ClientCredentials {
         Some(key.finish())
     }
 
+    /// The token endpoint's host and the client id.
+    fn name(&self) -> Option<String> {
+        Some(self.endpoint.name_for(self.client.id()))
+    }
+
     fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
         self.endpoint.dpop_key().cloned()
     }

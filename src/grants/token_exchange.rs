@@ -360,6 +360,12 @@ impl TokenSource for TokenExchange {
         Some(key.finish())
     }
 
+    /// The token endpoint's host and the client id (`token-exchange` without a client).
+    fn name(&self) -> Option<String> {
+        let who = self.client.as_ref().map_or("token-exchange", |c| c.id());
+        Some(self.endpoint.name_for(who))
+    }
+
     fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
         self.endpoint.dpop_key().cloned()
     }
