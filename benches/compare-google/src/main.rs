@@ -7,10 +7,10 @@
 //! releases 10,000 tasks together through a barrier on a cold cache, and measures each
 //! caller from the barrier to holding a token. The rounds alternate between the libraries.
 //!
-//! A fourth contender, `TokenRefreshRing`, is token-refresh with the same key behind a
-//! user-supplied [`Signer`](token_refresh::Signer) that signs with ring, as gcp_auth does:
-//! the crate signs with RustCrypto's `rsa` (jsonwebtoken's `rust_crypto` backend), about
-//! twice as slow, and every caller of a cold herd waits for that signature.
+//! token-refresh signs with aws-lc-rs, as a default build does (gcp_auth signs with ring).
+//! Besides the callers' latency, each round records how long after the release the first
+//! token request reached the server (loopback: when it left, give or take a few µs), and
+//! the summary gives its median per library.
 //!
 //! ```text
 //! cargo run --release --manifest-path benches/compare-google/Cargo.toml -- [callers] [rounds]
@@ -32,7 +32,6 @@ const SERVER_LATENCY: Duration = Duration::from_millis(100);
 #[derive(Clone, Copy, Debug)]
 enum Library {
     TokenRefresh,
-    TokenRefreshRing,
     GcpAuth,
     YupOauth2,
 }
@@ -70,16 +69,15 @@ async fn run(callers: usize, rounds: usize) {
 
     let libraries = [
         Library::TokenRefresh,
-        Library::TokenRefreshRing,
         Library::GcpAuth,
         Library::YupOauth2,
     ];
-    let mut results: Vec<(Library, Vec<u64>, Vec<Duration>)> = libraries
+    let mut results: Vec<(Library, Vec<u64>, Vec<Duration>, Vec<Duration>)> = libraries
         .iter()
-        .map(|l| (*l, Vec::new(), Vec::new()))
+        .map(|l| (*l, Vec::new(), Vec::new(), Vec::new()))
         .collect();
     for _ in 0..rounds {
-        for (library, counts, latencies) in &mut results {
+        for (library, counts, latencies, departures) in &mut results {
             let before = requests.load(Ordering::SeqCst);
             *ARRIVED.lock().unwrap() = None;
             *RELEASED.lock().unwrap() = None;
@@ -88,10 +86,12 @@ async fn run(callers: usize, rounds: usize) {
                 ARRIVED.lock().unwrap().unwrap(),
                 RELEASED.lock().unwrap().unwrap(),
             );
+            let departure = a.saturating_duration_since(r);
             eprintln!(
-                "{library:?}: first request reached the server {:.1} ms after the release",
-                ms(a.saturating_duration_since(r))
+                "{library:?}: first request reached the server {:.2} ms after the release",
+                ms(departure)
             );
+            departures.push(departure);
             counts.push(requests.load(Ordering::SeqCst) - before);
         }
     }
@@ -99,16 +99,17 @@ async fn run(callers: usize, rounds: usize) {
         "\n=== cold herd, {callers} callers × {rounds} rounds, RS256 service account, 100 ms token server ==="
     );
     let ours_p99 = p(&mut results[0].2.clone(), 0.99);
-    for (library, counts, latencies) in &mut results {
+    for (library, counts, latencies, departures) in &mut results {
         let p99 = p(latencies, 0.99);
         println!(
-            "{:<13} token requests per round {:?}; caller latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; p99 ratio to token-refresh {:.2}",
+            "{:<13} token requests per round {:?}; caller latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; p99 ratio to token-refresh {:.2}; release to first request, median {:.2} ms",
             format!("{library:?}"),
             counts,
             ms(p(latencies, 0.50)),
             ms(p99),
             ms(p(latencies, 1.0)),
             p99.as_secs_f64() / ours_p99.as_secs_f64(),
+            ms(p(departures, 0.50)),
         );
     }
     std::fs::remove_file(&path).ok();
@@ -123,18 +124,6 @@ async fn herd(
     match library {
         Library::TokenRefresh => {
             let source = token_refresh::JwtBearer::google_service_account(path, [SCOPE]).unwrap();
-            release_provider(callers, token_refresh::TokenProvider::new(source)).await
-        }
-        Library::TokenRefreshRing => {
-            let file: serde_json::Value = serde_json::from_str(key).unwrap();
-            let text = |name: &str| file[name].as_str().unwrap().to_owned();
-            let signer = RingSigner::new(&text("private_key"), text("private_key_id"));
-            let source = token_refresh::JwtBearer::signed_by(
-                text("token_uri"),
-                text("client_email"),
-                signer,
-            )
-            .claim("scope", SCOPE);
             release_provider(callers, token_refresh::TokenProvider::new(source)).await
         }
         Library::GcpAuth => {
@@ -202,58 +191,6 @@ where
         latencies.push(task.await.unwrap());
     }
     latencies
-}
-
-/// An RS256 signer on ring: a PKCS#8 RSA key parsed once.
-struct RingSigner {
-    key: ring::signature::RsaKeyPair,
-    key_id: String,
-    rng: ring::rand::SystemRandom,
-}
-
-impl RingSigner {
-    fn new(pem: &str, key_id: String) -> Self {
-        use base64::Engine as _;
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .expect("a PEM body");
-        Self {
-            key: ring::signature::RsaKeyPair::from_pkcs8(&der).expect("a PKCS#8 RSA key"),
-            key_id,
-            rng: ring::rand::SystemRandom::new(),
-        }
-    }
-}
-
-impl std::fmt::Debug for RingSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingSigner").finish_non_exhaustive()
-    }
-}
-
-#[async_trait::async_trait]
-impl token_refresh::Signer for RingSigner {
-    fn algorithm(&self) -> token_refresh::SigningAlgorithm {
-        token_refresh::SigningAlgorithm::RS256
-    }
-
-    fn key_id(&self) -> Option<&str> {
-        Some(&self.key_id)
-    }
-
-    async fn sign(&self, message: &[u8]) -> token_refresh::Result<Vec<u8>> {
-        let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &self.rng,
-                message,
-                &mut signature,
-            )
-            .map_err(|_| token_refresh::Error::Signing("ring refused to sign".into()))?;
-        Ok(signature)
-    }
 }
 
 /// A permissive token endpoint: answers every POST with a fresh token after 100 ms, one
