@@ -5,9 +5,55 @@
 //! crate caches it, refreshes it before it expires (in the background, so no request
 //! waits), shares one refresh among all callers, attaches `Authorization: Bearer …` to every
 //! request and resends a request once when the server rejects its token. It works out of the
-//! box for [Disruptive Technologies] service accounts and for any OAuth2 token endpoint.
+//! box for [Disruptive Technologies] service accounts and for any OAuth2 token endpoint, with
+//! sender-constrained DPoP tokens ([RFC 9449], [`dpop`]) and a fleet that shares one token
+//! ([`store`]).
+//!
+//! ```toml
+//! [dependencies]
+//! token-refresh = "0.1"
+//! # The versions it plugs into: an AuthMiddleware needs reqwest-middleware 0.5 (over
+//! # reqwest 0.13), an AuthLayer tower 0.5 (and tonic 0.14 for a Channel), the metrics
+//! # feature the metrics 0.24 facade (metrics-exporter-prometheus 0.18 renders it).
+//! reqwest = "0.13"
+//! reqwest-middleware = "0.5"
+//! tower = "0.5"
+//! tonic = "0.14"    # with features = ["tonic"]
+//! metrics = "0.24"  # with features = ["metrics"]
+//!
+//! [dev-dependencies]
+//! token-refresh-emulator = "0.1" # the offline identity service the examples below run against
+//! ```
+//!
+//! Each integration with exactly those versions (compile-checked):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "reqwest", feature = "tonic", feature = "metrics"))]
+//! # async fn wire(provider: token_refresh::TokenProvider) -> Result<(), Box<dyn std::error::Error>> {
+//! use token_refresh::{AuthLayer, AuthMiddleware};
+//!
+//! // reqwest 0.13 with reqwest-middleware 0.5
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(AuthMiddleware::new(provider.clone()))
+//!     .build();
+//! // tower 0.5 over a tonic 0.14 `Channel`
+//! let channel = tonic::transport::Endpoint::from_static("https://grpc.example.com").connect_lazy();
+//! let channel = tower::ServiceBuilder::new()
+//!     .layer(AuthLayer::new(provider))
+//!     .service(channel);
+//! // metrics 0.24: the providers record through the recorder the application installs
+//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+//! # drop((client, channel, prometheus)); Ok(()) }
+//! # fn main() {}
+//! ```
+//!
+//! Another major version of any of them builds a second copy that does not fit: with
+//! reqwest-middleware 0.4, `.with(AuthMiddleware::new(..))` fails with "the trait
+//! `Middleware` is not satisfied"; with an exporter built on metrics 0.23, the metrics go to a
+//! recorder nobody reads. `cargo tree -d` shows such doubles.
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
+//! [RFC 9449]: https://www.rfc-editor.org/rfc/rfc9449
 //! [Disruptive Technologies]: https://developer.disruptive-technologies.com
 //!
 //! # Which type to reach for
@@ -17,6 +63,8 @@
 //! | a DT service account (`DT_SERVICE_ACCOUNT_*` or `DT_CREDENTIALS_FILE`) | [`TokenProvider::discover`] |
 //! | a service account signing JWTs for another server | [`ServiceAccount`] + [`JwtBearer`] |
 //! | an assertion signed elsewhere and rotated on disk (Kubernetes, workload identity) | [`JwtBearer::from_assertion_file`] |
+//! | a Google service account key file | [`JwtBearer::google_service_account`] |
+//! | a private key (RSA, P-256, Ed25519), a certificate for Entra, or a KMS | [`SigningKey`], [`Signer`], [`JwtBearer::signed_by`], [`ClientAuth::PrivateKeyJwt`] |
 //! | an OAuth2 client id and secret | [`ClientCredentials`] |
 //! | a refresh token, rotated safely across processes | [`RefreshToken`] |
 //! | a workload token exchanged (RFC 8693: Kubernetes, GitHub Actions) | [`TokenExchange`] |
@@ -24,6 +72,8 @@
 //! | another grant | [`TokenEndpoint`], wrapped in a closure |
 //! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
 //! | the cache and refresh policy around any of them | [`TokenProvider`] |
+//! | sender-constrained tokens (DPoP, RFC 9449) | [`dpop::DpopKey`], with `dpop(key)` on the grant |
+//! | replicas, CronJobs or CLIs sharing one token and one refresh | [`store::RedisStore`], [`store::FileStore`], [`TokenProviderBuilder::store`] |
 //! | a `reqwest` client | [`AuthMiddleware`] (feature `reqwest`) |
 //! | a tower stack: hyper-util's client, a tonic `Channel`, a proxy | [`AuthLayer`] (feature `tower`, `tonic` for tonic's body) |
 //! | a readiness probe or a dashboard | [`TokenProvider::health`], the `metrics` feature |
@@ -236,8 +286,8 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use exchange::parse_token_response;
 pub use exchange::{TokenEndpoint, TokenRequest, TokenResponse};
-pub use grants::client::OAuthClient;
-pub use grants::client_credentials::{ClientAuth, ClientCredentials};
+pub use grants::client::{ClientAuth, OAuthClient};
+pub use grants::client_credentials::ClientCredentials;
 pub use grants::google::ENV_GOOGLE_APPLICATION_CREDENTIALS;
 pub use grants::jwt_bearer::JwtBearer;
 pub use grants::refresh_token::RefreshToken;

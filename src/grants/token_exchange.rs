@@ -313,6 +313,13 @@ impl TokenExchange {
         self
     }
 
+    /// Asks for DPoP-bound tokens: every token request carries a proof signed with `key`;
+    /// see [`TokenEndpoint::dpop`](crate::TokenEndpoint::dpop). Default: bearer tokens.
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.endpoint = self.endpoint.dpop(key);
+        self
+    }
+
     /// Asks for `scope` (space-separated, or call again to add). Default: none.
     pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
         super::add_scopes(&mut self.scopes, scope.as_ref());

@@ -17,15 +17,14 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use token_refresh_emulator::{Answer, ScriptedServer};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
-/// When the first token request of a round reached the server, and when the first caller
-/// left the barrier: how long a library takes to start its request.
-static ARRIVED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+/// When the first caller of a round left the barrier: how long a library takes to start its
+/// request is from then to the request's arrival at the server.
 static RELEASED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 const SERVER_LATENCY: Duration = Duration::from_millis(100);
 
@@ -49,7 +48,13 @@ fn main() {
 }
 
 async fn run(callers: usize, rounds: usize) {
-    let (url, requests) = token_server().await;
+    // Any JWT-bearer request gets a token after the latency Google's endpoint has.
+    let server = ScriptedServer::start(|request| {
+        Answer::token(request.number, 3599).after(SERVER_LATENCY)
+    })
+    .await
+    .expect("the token server starts");
+    let url = server.url("/token");
     let pem = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/keys/rsa-pkcs8.pem"),
     )
@@ -78,21 +83,18 @@ async fn run(callers: usize, rounds: usize) {
         .collect();
     for _ in 0..rounds {
         for (library, counts, latencies, departures) in &mut results {
-            let before = requests.load(Ordering::SeqCst);
-            *ARRIVED.lock().unwrap() = None;
+            let before = server.count();
             *RELEASED.lock().unwrap() = None;
             latencies.extend(herd(*library, callers, &key, &path).await);
-            let (a, r) = (
-                ARRIVED.lock().unwrap().unwrap(),
-                RELEASED.lock().unwrap().unwrap(),
-            );
+            let a = server.received()[before as usize].at;
+            let r = RELEASED.lock().unwrap().unwrap();
             let departure = a.saturating_duration_since(r);
             eprintln!(
                 "{library:?}: first request reached the server {:.2} ms after the release",
                 ms(departure)
             );
             departures.push(departure);
-            counts.push(requests.load(Ordering::SeqCst) - before);
+            counts.push(server.count() - before);
         }
     }
     println!(
@@ -191,62 +193,6 @@ where
         latencies.push(task.await.unwrap());
     }
     latencies
-}
-
-/// A permissive token endpoint: answers every POST with a fresh token after 100 ms, one
-/// request per connection, and counts requests.
-async fn token_server() -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&requests);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0; 8192];
-                loop {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length: usize = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if request.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                }
-                let n = counted.fetch_add(1, Ordering::SeqCst);
-                ARRIVED.lock().unwrap().get_or_insert(Instant::now());
-                tokio::time::sleep(SERVER_LATENCY).await;
-                let body = format!(
-                    r#"{{"access_token":"ya29.bench-{n}","token_type":"Bearer","expires_in":3599}}"#
-                );
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    (url, requests)
 }
 
 fn p(latencies: &mut [Duration], q: f64) -> Duration {
