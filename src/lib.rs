@@ -270,6 +270,8 @@ mod provider;
 mod quiet_panic;
 #[cfg(feature = "tower")]
 mod replay;
+mod resource;
+mod route;
 pub mod signing;
 mod source;
 pub mod store;
@@ -303,7 +305,9 @@ pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 pub use middleware::AuthMiddleware;
 pub use params::TokenParams;
 pub use policy::MinValidity;
-pub use provider::{TokenProvider, TokenProviderBuilder};
+pub use provider::{
+    KeyedTokenProvider, KeyedTokenProviderBuilder, TokenProvider, TokenProviderBuilder,
+};
 #[cfg(feature = "tower")]
 pub use replay::{RecordingBody, Replay, ReplayBody};
 pub use signing::{Signer, SigningAlgorithm, SigningKey};
