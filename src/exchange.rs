@@ -420,14 +420,14 @@ impl TokenEndpoint {
         }
     }
 
-    fn client(&self, url: &reqwest::Url) -> Result<&reqwest::Client> {
+    pub(crate) fn client(&self, url: &reqwest::Url) -> Result<&reqwest::Client> {
         match &self.client {
             Some(client) => Ok(client),
             None => built_in_client(url.scheme() == "http"),
         }
     }
 
-    fn transport_error(&self, e: &reqwest::Error) -> Error {
+    pub(crate) fn transport_error(&self, e: &reqwest::Error) -> Error {
         if e.is_timeout() {
             Error::Timeout(self.timeout)
         } else if e.is_connect() {
@@ -813,12 +813,12 @@ pub(crate) struct GetError {
     pub(crate) status: Option<u16>,
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     TooLarge,
     Http(reqwest::Error),
 }
 
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, ReadError> {
@@ -841,7 +841,7 @@ async fn read_capped(
 /// `Retry-After` (RFC 9110 §10.2.3) as delay-seconds or an HTTP-date. A date is measured
 /// against the response's `Date` when it has one, so a server whose clock is off still gets
 /// the delay it meant.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name| {
         headers
             .get(name)
@@ -1047,7 +1047,7 @@ fn parse_expires_in(value: Option<&Value>) -> Result<Duration> {
 /// four system calls, tens of microseconds on the way of a cold start's first request, so
 /// it runs once per runtime. Outside a runtime, or if no socket can be had, nothing is
 /// decided here.
-fn ensure_io() -> Result<()> {
+pub(crate) fn ensure_io() -> Result<()> {
     static PASSED: Passed = Passed::new();
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Ok(());

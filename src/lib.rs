@@ -186,6 +186,8 @@ mod quiet_panic;
 #[cfg(feature = "tower")]
 mod replay;
 mod source;
+#[cfg(any(feature = "gcp", feature = "azure"))]
+mod sources;
 pub mod store;
 pub use metadata::ServerMetadata;
 mod token;
@@ -218,4 +220,10 @@ pub use provider::{TokenProvider, TokenProviderBuilder};
 #[cfg(feature = "tower")]
 pub use replay::{RecordingBody, Replay, ReplayBody};
 pub use source::TokenSource;
+#[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
+pub use sources::azure;
+#[cfg(feature = "gcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gcp")))]
+pub use sources::gcp;
 pub use token::AccessToken;

@@ -135,6 +135,7 @@ use token_refresh::{ClientCredentials, ServiceAccount};
 
 mod body;
 mod client_auth;
+mod cloud;
 mod dpop;
 mod events;
 mod fault;
@@ -154,6 +155,9 @@ mod stream_end;
 mod validate;
 
 use client_auth::Client;
+pub use cloud::{
+    AZURE_FEDERATION_AUDIENCE, CloudStats, ExpiresOn, FEDERATED_SUBJECT, MetadataBehaviour,
+};
 pub use events::event_sequence;
 pub use fault::Fault;
 pub use stream_end::StreamEnd;
@@ -261,6 +265,8 @@ struct Shared {
     revocations: watch::Sender<u64>,
     /// Bumped by every `close_streams`.
     closes: watch::Sender<u64>,
+    /// The cloud identity services' keys and secrets.
+    cloud: cloud::Fixed,
 }
 
 struct State {
@@ -275,6 +281,8 @@ struct State {
     subject_tokens: Vec<String>,
     /// The issuer the metadata names, when a test makes it differ from the origin.
     metadata_issuer: Option<String>,
+    /// The cloud identity services' state.
+    cloud: cloud::State,
 }
 
 struct IssuedToken {
@@ -669,12 +677,14 @@ impl EmulatorBuilder {
                 dpop: Default::default(),
                 subject_tokens: Vec::new(),
                 metadata_issuer: None,
+                cloud: cloud::State::default(),
             }),
             devices: Arc::clone(&devices),
             events: events.clone(),
             event_interval,
             revocations: watch::Sender::new(0),
             closes: watch::Sender::new(0),
+            cloud: cloud::Fixed::new(GOOGLE_KEY_PEM),
         });
         let google = token_refresh::SigningKey::from_pem(GOOGLE_KEY_PEM)
             .expect("the built-in key parses")

@@ -1,0 +1,20 @@
+//! Tokens from Google Cloud (feature `gcp`).
+//!
+//! | you run | reach for |
+//! |---|---|
+//! | anywhere: a key file, `gcloud auth application-default login`, or on Google Cloud | [`ApplicationDefaultCredentials`] |
+//! | on Compute Engine, GKE, Cloud Run, Cloud Functions | [`MetadataServer`] |
+//! | a call to a Cloud Run service or through IAP (an ID token) | [`MetadataServer::id_token`] |
+//! | off Google Cloud with workload identity federation (a Kubernetes token, an OIDC file, a URL, an executable) | [`ExternalAccount`] |
+//! | as another service account | [`ImpersonatedServiceAccount`] |
+//!
+//! Each is a [`TokenSource`](crate::TokenSource) like any grant: give it to a
+//! [`TokenProvider`](crate::TokenProvider), a [token store](crate::store) and both
+//! integrations.
+
+mod metadata;
+
+pub use metadata::{
+    ENV_GCE_METADATA_HOST, METADATA_DETECT_TIMEOUT, METADATA_HOST, METADATA_REPROBE_AFTER,
+    MetadataIdToken, MetadataServer,
+};
