@@ -320,7 +320,11 @@ impl<'a> Call<'a> {
             let problem = if e.is_timeout() {
                 format!("no answer within {timeout:?}")
             } else {
-                self.endpoint.transport_error(e).to_string()
+                match self.endpoint.transport_error(e) {
+                    Error::Connect(chain) => format!("cannot connect: {chain}"),
+                    Error::Transport(chain) => format!("the request failed: {chain}"),
+                    other => other.to_string(),
+                }
             };
             cloud(self.service, problem, true)
         };
