@@ -20,6 +20,8 @@
 //! | an OAuth2 client id and secret | [`ClientCredentials`] |
 //! | a refresh token, rotated safely across processes | [`RefreshToken`] |
 //! | a workload token exchanged (RFC 8693: Kubernetes, GitHub Actions) | [`TokenExchange`] |
+//! | Google Cloud: ADC, the metadata server, ID tokens, workload identity federation, impersonation (feature `gcp`) | [`gcp::ApplicationDefaultCredentials`], [`gcp::MetadataServer`], [`gcp::ExternalAccount`], [`gcp::ImpersonatedServiceAccount`] |
+//! | Azure: managed identity (VM, App Service, Functions), AKS workload identity (feature `azure`) | [`azure::ManagedIdentity`], [`azure::WorkloadIdentity`] |
 //! | the token endpoint from the issuer's metadata (RFC 8414) | [`TokenEndpoint::discover`] |
 //! | another grant | [`TokenEndpoint`], wrapped in a closure |
 //! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
@@ -111,6 +113,8 @@
 //! | `native-tls` | no | TLS through the platform's library; with `default-features = false`, no aws-lc is built |
 //! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel` |
 //! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
+//! | `gcp` | no | [`gcp`]: the metadata server (access and ID tokens), Application Default Credentials, workload identity federation, impersonation |
+//! | `azure` | no | [`azure`]: managed identity (IMDS, App Service and Functions), AKS workload identity |
 //!
 //! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there. HS256 signing
 //! uses jsonwebtoken's pure-Rust backend in every combination, so it never needs aws-lc or

@@ -383,3 +383,23 @@ async fn a_fleet_store_shares_one_token() {
         source.clone().scope("https://x").store_key()
     );
 }
+
+#[tokio::test]
+async fn the_clients_secret_and_the_urls_headers_never_show_in_debug() {
+    let emulator = Emulator::start().await.unwrap();
+    let mut config = emulator.external_account_file(json!({
+        "url": "https://token.example.com/oidc",
+        "headers": {"Authorization": "Bearer url-h34der-secret"},
+    }));
+    config["client_id"] = "workforce-client".into();
+    config["client_secret"] = "cl13nt-s3cret-value".into();
+    let source = ExternalAccount::from_json(&config).unwrap();
+    let debug = format!("{source:?}");
+    assert!(
+        debug.contains("url https://token.example.com/oidc"),
+        "{debug}"
+    );
+    for secret in ["url-h34der-secret", "cl13nt-s3cret-value"] {
+        assert!(!debug.contains(secret), "{debug}");
+    }
+}

@@ -92,6 +92,16 @@
 //!   last line, `{"error":{"code":16,"message":"the access token has expired","status":"UNAUTHENTICATED"}}`
 //!   (or `"…has been revoked"`), and a clean end of the body.
 //!
+//! # Cloud identity services
+//!
+//! The GCP metadata server, Google STS and IAM Credentials, Azure IMDS and App Service, and
+//! an Entra token endpoint that takes federated client assertions, on the same port; see
+//! [`CloudStats`] and the methods that name them ([`sts_url`](Emulator::sts_url),
+//! [`imds_endpoint`](Emulator::imds_endpoint), [`federated_token`](Emulator::federated_token),
+//! …). The metadata server's host is the emulator's address
+//! (`GCE_METADATA_HOST=127.0.0.1:PORT`, or `MetadataServer::endpoint(emulator.origin())`).
+//! Tokens they issue are the emulator's like any other: the API routes take them.
+//!
 //! # Controls
 //!
 //! [`set_token_ttl`](Emulator::set_token_ttl), [`revoke_all`](Emulator::revoke_all) (which

@@ -184,6 +184,8 @@ pub(crate) struct Call<'a> {
     body: Option<Vec<u8>>,
     plain_http: PlainHttp,
     timeout: Option<Duration>,
+    /// A header whose value cannot be sent: `send` refuses to go.
+    invalid_header: Option<&'static str>,
 }
 
 impl<'a> Call<'a> {
@@ -203,6 +205,7 @@ impl<'a> Call<'a> {
             body: None,
             plain_http,
             timeout: None,
+            invalid_header: None,
         }
     }
 
@@ -230,13 +233,7 @@ impl<'a> Call<'a> {
                 value.set_sensitive(sensitive);
                 self.headers.append(HeaderName::from_static(name), value);
             }
-            Err(_) => {
-                // Remembered as an invalid header: `send` refuses it.
-                self.headers.append(
-                    HeaderName::from_static("x-token-refresh-invalid-header"),
-                    HeaderValue::from_static(name),
-                );
-            }
+            Err(_) => self.invalid_header = Some(name),
         }
         self
     }
@@ -283,12 +280,11 @@ impl<'a> Call<'a> {
     /// not followed; a failure in transit or a timeout is a transient [`Error::Cloud`].
     pub(crate) async fn send(self) -> Result<Answer> {
         ensure_io()?;
-        if let Some(name) = self.headers.get("x-token-refresh-invalid-header") {
+        if let Some(name) = self.invalid_header {
             return Err(cloud(
                 self.service,
                 format!(
-                    "the {} header cannot be sent (it has characters a header cannot carry)",
-                    name.to_str().unwrap_or("?")
+                    "the {name} header cannot be sent (it has characters a header cannot carry)"
                 ),
                 false,
             ));
