@@ -72,6 +72,7 @@ pub struct CloudStats {
 }
 
 /// The cloud services' state, inside the emulator's.
+#[derive(Default)]
 pub(super) struct State {
     pub(super) stats: CloudStats,
     pub(super) metadata: MetadataBehaviour,
@@ -84,20 +85,6 @@ pub(super) struct State {
     pub(super) assertions: Vec<String>,
     /// The `resource` of each managed-identity token request, in order.
     pub(super) resources: Vec<String>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        Self {
-            stats: CloudStats::default(),
-            metadata: MetadataBehaviour::default(),
-            expires_on: ExpiresOn::default(),
-            metadata_scopes: Vec::new(),
-            impersonations: Vec::new(),
-            assertions: Vec::new(),
-            resources: Vec::new(),
-        }
-    }
 }
 
 /// What the cloud services know from the start: their signing key and secrets.

@@ -42,6 +42,9 @@ pub const METADATA_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`METADATA_DETECT_TIMEOUT`] at most once a minute.
 pub const METADATA_REPROBE_AFTER: Duration = Duration::from_secs(60);
 
+/// A detection's outcome and when it was had.
+type Probed = (std::time::Instant, std::result::Result<(), String>);
+
 /// What [`Error::InsecureTransport`] says to allow plain http with.
 const ALLOW_WITH: &str = "`MetadataServer::allow_http(true)`";
 
@@ -193,8 +196,7 @@ impl MetadataServer {
 
     /// [`detect`](Self::detect), with what failed.
     pub(crate) async fn probe(&self) -> std::result::Result<(), String> {
-        static PROBES: Mutex<Option<HashMap<String, (std::time::Instant, Result<(), String>)>>> =
-            Mutex::new(None);
+        static PROBES: Mutex<Option<HashMap<String, Probed>>> = Mutex::new(None);
         let cached = |base: &str| {
             let probes = PROBES.lock().unwrap_or_else(PoisonError::into_inner);
             let (at, outcome) = probes.as_ref()?.get(base)?;
