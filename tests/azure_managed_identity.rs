@@ -179,6 +179,21 @@ async fn a_fleet_store_shares_one_managed_identity_token() {
 }
 
 #[tokio::test]
+async fn a_revoked_managed_identity_token_costs_one_refresh() {
+    let emulator = Emulator::start().await.unwrap();
+    cloud::revocation_costs_one_refresh(&emulator, TokenProvider::new(imds(&emulator)), |e| {
+        e.cloud_stats().azure_imds_tokens
+    })
+    .await;
+    cloud::revocation_costs_one_refresh(
+        &emulator,
+        TokenProvider::new(app_service(&emulator)),
+        |e| e.cloud_stats().azure_app_service_tokens,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn plain_http_goes_only_to_imds_and_loopback() {
     let error = Imds::new("https://management.azure.com")
         .endpoint("http://imds.example.com/metadata/identity/oauth2/token")

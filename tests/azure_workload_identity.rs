@@ -133,7 +133,7 @@ async fn an_expired_assertion_gets_entras_aadsts700024_without_the_assertion_in_
 }
 
 #[tokio::test]
-async fn a_fleet_store_shares_one_token_keyed_by_tenant_client_and_scope() {
+async fn a_fleet_store_shares_one_token_and_a_revocation_costs_one_refresh() {
     let emulator = Emulator::start().await.unwrap();
     let dir = TempDir::new("aks");
     let file = dir.path().join("token");
@@ -144,6 +144,12 @@ async fn a_fleet_store_shares_one_token_keyed_by_tenant_client_and_scope() {
     cloud::shared_through_a_store(
         || workload(&emulator, &file),
         &emulator,
+        |e| e.cloud_stats().entra_tokens,
+    )
+    .await;
+    cloud::revocation_costs_one_refresh(
+        &emulator,
+        TokenProvider::new(workload(&emulator, &file)),
         |e| e.cloud_stats().entra_tokens,
     )
     .await;

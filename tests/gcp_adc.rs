@@ -109,6 +109,27 @@ async fn a_thousand_cold_callers_spend_the_users_refresh_token_once() {
 }
 
 #[tokio::test]
+async fn adc_tokens_share_a_fleet_store_and_a_revocation_costs_one_refresh() {
+    let emulator = Emulator::start().await.unwrap();
+    let dir = TempDir::new("adc");
+    let path = file(
+        &dir,
+        "impersonated.json",
+        &impersonated(&emulator, emulator.google_key_file()),
+    );
+    cloud::shared_through_a_store(
+        || adc(&path),
+        &emulator,
+        |e| e.cloud_stats().google_iam_tokens,
+    )
+    .await;
+    cloud::revocation_costs_one_refresh(&emulator, TokenProvider::new(adc(&path)), |e| {
+        e.cloud_stats().google_iam_tokens
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn short_lived_impersonated_tokens_are_replaced_before_they_expire() {
     let emulator = Emulator::start().await.unwrap();
     let dir = TempDir::new("adc");

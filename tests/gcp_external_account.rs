@@ -362,7 +362,7 @@ async fn a_missing_subject_file_or_an_expired_token_is_an_error_naming_its_cause
 }
 
 #[tokio::test]
-async fn a_fleet_store_shares_one_token() {
+async fn a_fleet_store_shares_one_token_and_a_revocation_costs_one_refresh() {
     let emulator = Emulator::start().await.unwrap();
     let dir = TempDir::new("wif");
     let (source, _) = file_account(&emulator, &dir).await;
@@ -371,6 +371,10 @@ async fn a_fleet_store_shares_one_token() {
         &emulator,
         |e| e.cloud_stats().google_sts_exchanges,
     )
+    .await;
+    cloud::revocation_costs_one_refresh(&emulator, TokenProvider::new(source.clone()), |e| {
+        e.cloud_stats().google_sts_exchanges
+    })
     .await;
     assert!(
         source

@@ -85,6 +85,30 @@ pub async fn refreshed_before_expiry(
     emulator.set_token_ttl(token_refresh_emulator::DEFAULT_TOKEN_TTL);
 }
 
+/// The storm guard's revocation path: after the emulator revokes every token, the next
+/// call through the middleware is rejected, refreshes once (`requests()`, the source's
+/// count at the emulator, goes up by one) and is resent with the new token.
+pub async fn revocation_costs_one_refresh(
+    emulator: &Emulator,
+    provider: TokenProvider,
+    requests: impl Fn(&Emulator) -> u64,
+) {
+    let client = client(provider);
+    let url = format!("{}/projects", emulator.api_url());
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let (before, rejected) = (requests(emulator), emulator.stats().api_unauthorized);
+    emulator.revoke_all();
+    for _ in 0..3 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        requests(emulator),
+        before + 1,
+        "one refresh for the revocation"
+    );
+    assert_eq!(emulator.stats().api_unauthorized, rejected + 1);
+}
+
 /// Two providers over one file store (two processes of a fleet) with sources built by
 /// `source`: the second takes the first's token, so the service saw one request.
 pub async fn shared_through_a_store<S: TokenSource>(
