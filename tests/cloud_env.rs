@@ -511,7 +511,34 @@ async fn executable_success() {
         format!("--flag {} 0\n", emulator.workload_identity_audience()),
         "it ran once for two exchanges, with its arguments and Google's variables"
     );
-    assert_eq!(emulator.subject_tokens(), [token.clone(), token]);
+    assert_eq!(emulator.subject_tokens(), [token.clone(), token.clone()]);
+
+    // With an output_file that holds an unexpired answer, the program is not run at all.
+    let cached = dir.write("cached.json", &std::fs::read_to_string(&response).unwrap());
+    let config = emulator.external_account_file(json!({
+        "executable": {"command": program.display().to_string(), "timeout_millis": 5000,
+                       "output_file": cached},
+    }));
+    let config = dir.write("with-output-file.json", &config.to_string());
+    let env = [
+        ("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1".to_owned()),
+        ("CLOUD_ENV_CONFIG", config.display().to_string()),
+    ];
+    let printed = run_child("executable", &env).await;
+    assert!(
+        printed.results()[0].starts_with("ok"),
+        "{:?}",
+        printed.lines
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("runs"))
+            .unwrap()
+            .lines()
+            .count(),
+        1,
+        "the output file's token was used"
+    );
+    assert_eq!(emulator.subject_tokens().len(), 3);
 }
 
 async fn executable_failures() {

@@ -10,6 +10,8 @@
 //! Each is a [`TokenSource`](crate::TokenSource) like any grant: give it to a
 //! [`TokenProvider`](crate::TokenProvider), a [token store](crate::store) and both
 //! integrations.
+//! Azure Arc, Cloud Shell (`MSI_ENDPOINT`) and Service Fabric managed identities are not
+//! implemented.
 //!
 //! # Testing
 //!
