@@ -198,12 +198,8 @@ async fn a_fleet_store_shares_one_metadata_token_and_a_revocation_costs_one_refr
         e.cloud_stats().gcp_metadata_tokens
     })
     .await;
-    cloud::revocation_costs_one_refresh(
-        &emulator,
-        TokenProvider::new(metadata(&emulator).id_token("https://svc.example.com")),
-        |e| e.cloud_stats().gcp_metadata_id_tokens,
-    )
-    .await;
+    // (ID tokens are not revocable: a metadata server hands out the same JWT again within
+    // the second, and the middleware returns the rejection rather than resend it.)
 }
 
 #[tokio::test]
