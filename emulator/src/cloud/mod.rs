@@ -103,7 +103,8 @@ impl Fixed {
     pub(super) fn new(pem: &str) -> Self {
         let signer = SigningKey::from_pem(pem)
             .expect("the built-in key parses")
-            .key_id(OIDC_KEY_ID);
+            .with_key_id(OIDC_KEY_ID)
+            .expect("a key id is a JWT header value");
         let jwk: jsonwebtoken::jwk::Jwk =
             serde_json::from_value(signer.public_jwk().expect("an RSA key has a public part"))
                 .expect("a public JWK parses");
