@@ -67,9 +67,13 @@ pub struct TokenProviderBuilder {
 
 impl TokenProviderBuilder {
     pub(super) fn new(source: Box<dyn TokenSource>) -> Self {
+        let mut config = Config::default();
+        if let Some(name) = source.name() {
+            config.name = name;
+        }
         Self {
             source,
-            config: Config::default(),
+            config,
             store: None,
             store_key: None,
             store_lease_ttl: DEFAULT_STORE_LEASE_TTL,
@@ -170,8 +174,11 @@ impl TokenProviderBuilder {
         self
     }
 
-    /// Names the provider in its `tracing` spans and (feature `metrics`) as the `provider`
-    /// label of its metrics, to tell several providers apart. Default: `default`.
+    /// Names the provider in its log lines (the `provider` field) and (feature `metrics`) as
+    /// the `provider` label of its metrics, to tell several providers apart. Default: the
+    /// source's [`name`](crate::TokenSource::name) — for the built-in grants the token
+    /// endpoint's host and the client id or issuer, e.g. `auth.example.com/my-client` —
+    /// else `default`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
@@ -253,6 +260,7 @@ impl TokenProviderBuilder {
             self.store_timeout,
         ));
         Ok(Some(Fleet {
+            provider: self.config.name.clone(),
             store,
             sealer,
             key,

@@ -29,6 +29,8 @@ const POLL_MAX: Duration = Duration::from_millis(500);
 
 /// A provider's store, its key and sealing, and what it knows of the store's health.
 pub(super) struct Fleet {
+    /// The provider's name, for its log lines.
+    pub(super) provider: String,
     pub(super) store: Arc<dyn TokenStore>,
     pub(super) sealer: Arc<Sealer>,
     pub(super) key: String,
@@ -66,7 +68,11 @@ impl Fleet {
                     metrics.store_call(true);
                 }
                 if !self.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!(key = %self.key, "the token store answers again");
+                    tracing::info!(
+                        provider = %self.provider,
+                        key = %self.key,
+                        "the token store answers again"
+                    );
                 }
                 Some(value)
             }
@@ -76,9 +82,11 @@ impl Fleet {
                 }
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
+                        provider = %self.provider,
                         key = %self.key,
+                        operation = what,
                         %error,
-                        "the token store failed to {what}: fetching tokens without it until it answers again"
+                        "the token store failed: fetching tokens without it until it answers again"
                     );
                 }
                 None
@@ -138,7 +146,10 @@ impl Inner {
         let mut poll = POLL_MIN;
         loop {
             match self.look(fleet).await {
-                Look::Found(token) => return Ok(token),
+                Look::Found(token) => {
+                    flight.took_from_store();
+                    return Ok(token);
+                }
                 Look::Failed => return self.fetch_with_retries(flight).await,
                 Look::Empty => {}
             }
@@ -177,7 +188,10 @@ impl Inner {
         fence: &str,
     ) -> Result<AccessToken> {
         let result = match self.look(fleet).await {
-            Look::Found(token) => Ok(token),
+            Look::Found(token) => {
+                flight.took_from_store();
+                Ok(token)
+            }
             Look::Empty | Look::Failed => {
                 let result = self.fetch_with_retries(flight).await;
                 if let Ok(token) = &result {

@@ -1,7 +1,8 @@
 //! One call to a platform's identity service (a metadata server, IMDS, App Service, IAM
-//! Credentials, a credential URL): a GET with headers or a JSON POST, sent with the token
-//! endpoint's client, timeout and size cap, and the crate's transport rule with one
-//! addition: plain `http` also goes to a metadata service's own link-local hosts.
+//! Credentials, a credential URL): a GET with headers or a JSON POST, sent through the
+//! exchange's [`Http`] (the built-in client, the timeout, no redirects, the size cap) under
+//! the crate's transport rule with one addition: plain `http` also goes to a metadata
+//! service's own link-local hosts.
 
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use tokio::time::Instant;
 
 use crate::defaults::MAX_RESPONSE_BYTES;
 use crate::error::{Error, Result, Scrubber};
-use crate::exchange::{ReadError, TokenEndpoint, ensure_io, read_capped, retry_after};
-use crate::transport::{check_transport, origin_of, same_origin};
+use crate::exchange::TokenEndpoint;
+use crate::exchange::http::{Carrying, Http, retry_after};
 
 /// Where plain `http` may go besides loopback hosts, and how else to allow it.
 #[derive(Clone, Copy, Debug)]
@@ -279,7 +280,6 @@ impl<'a> Call<'a> {
     /// host the rule does not allow ([`Error::InsecureTransport`]); a redirect is refused,
     /// not followed; a failure in transit or a timeout is a transient [`Error::Cloud`].
     pub(crate) async fn send(self) -> Result<Answer> {
-        ensure_io()?;
         if let Some(name) = self.invalid_header {
             return Err(cloud(
                 self.service,
@@ -289,76 +289,76 @@ impl<'a> Call<'a> {
                 false,
             ));
         }
-        let host = self.url.host_str();
         let own_host = self.url.scheme() == "http"
-            && host.is_some_and(|h| self.plain_http.hosts.iter().any(|own| own == &h));
-        check_transport(
-            Some(self.url.scheme()),
-            host,
-            self.plain_http.allow_any || own_host,
-            "the request",
-            self.plain_http.allow_with,
-        )?;
-        let client = self.endpoint.client(&self.url)?;
+            && self
+                .url
+                .host_str()
+                .is_some_and(|h| self.plain_http.hosts.contains(&h));
         let timeout = self.timeout.unwrap_or(self.endpoint.request_timeout());
-        let mut request = client
-            .request(self.method.clone(), self.url.clone())
-            .header(ACCEPT, "application/json, text/plain;q=0.9")
-            .headers(self.headers)
-            .timeout(timeout);
-        if let Some(body) = self.body {
-            // Not cloneable: no client resends it to a 307's target.
-            request = request.body(reqwest::Body::wrap(http_body_util::Full::new(
-                bytes::Bytes::from(body),
-            )));
-        }
-        let transport = |e: &reqwest::Error| {
-            let problem = if e.is_timeout() {
-                format!("no answer within {timeout:?}")
-            } else {
-                match self.endpoint.transport_error(e) {
-                    Error::Connect(chain) => format!("cannot connect: {chain}"),
-                    Error::Transport(chain) => format!("the request failed: {chain}"),
-                    other => other.to_string(),
-                }
-            };
-            cloud(self.service, problem, true)
+        let http = Http {
+            client: None,
+            allow_http: self.plain_http.allow_any || own_host,
+            timeout,
         };
-        let sent_at = Instant::now();
+        let carrying = Carrying {
+            sending: "the request",
+            allow_with: self.plain_http.allow_with,
+        };
+        let (method, headers, body) = (self.method, self.headers, self.body);
         let sent_wall = std::time::SystemTime::now();
-        let response = request.send().await.map_err(|e| transport(&e))?;
-        if !same_origin(response.url(), &self.url) || response.status().is_redirection() {
-            return Err(cloud(
-                self.service,
-                format!(
-                    "it answered with a redirect (HTTP {} from {}), which is never followed: \
-                     point the setting at the service itself",
-                    response.status().as_u16(),
-                    origin_of(response.url())
+        let fetched = http
+            .fetch(&self.url, carrying, |client| {
+                let mut request = client
+                    .request(method, self.url.clone())
+                    .header(ACCEPT, "application/json, text/plain;q=0.9")
+                    .headers(headers);
+                if let Some(body) = body {
+                    // Not cloneable: no client resends it to a 307's target.
+                    request = request.body(reqwest::Body::wrap(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )));
+                }
+                request
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Timeout(_) => {
+                    cloud(self.service, format!("no answer within {timeout:?}"), true)
+                }
+                Error::Connect(chain) => {
+                    cloud(self.service, format!("cannot connect: {chain}"), true)
+                }
+                Error::Transport(chain) => {
+                    cloud(self.service, format!("the request failed: {chain}"), true)
+                }
+                Error::Redirect { location } => cloud(
+                    self.service,
+                    format!(
+                        "it answered with a redirect{}, which is never followed: point the \
+                         setting at the service itself",
+                        location.map(|l| format!(" to {l}")).unwrap_or_default()
+                    ),
+                    false,
                 ),
-                false,
-            ));
-        }
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let retry_after = retry_after(&headers);
-        let body = match read_capped(response, MAX_RESPONSE_BYTES).await {
-            Ok(body) => body,
-            Err(ReadError::TooLarge) if !(200..300).contains(&status) => Vec::new(),
-            Err(ReadError::TooLarge) => {
+                other => other,
+            })?;
+        let status = fetched.status;
+        let body = match fetched.body {
+            Some(body) => body,
+            None if !(200..300).contains(&status) => Vec::new(),
+            None => {
                 return Err(Error::ResponseTooLarge {
                     limit: MAX_RESPONSE_BYTES,
                 });
             }
-            Err(ReadError::Http(e)) => return Err(transport(&e)),
         };
         Ok(Answer {
             status,
-            headers,
+            retry_after: retry_after(&fetched.headers),
+            headers: fetched.headers,
             body,
-            sent_at,
+            sent_at: fetched.sent_at,
             sent_wall,
-            retry_after,
         })
     }
 }

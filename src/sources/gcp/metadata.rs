@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::error::{Error, Result, Scrubber};
-use crate::exchange::{TokenEndpoint, parse_response};
+use crate::exchange::{TokenEndpoint, parse_token_response};
 use crate::source::TokenSource;
 use crate::sources::call::{Answer, Call, PlainHttp, cloud, describe_body, lifetime_until};
 use crate::store::KeyBuilder;
@@ -343,12 +343,11 @@ impl TokenSource for MetadataServer {
                 .append_pair("scopes", &self.scopes.join(","));
         }
         let answer = self.get(url, &service).await?;
-        parse_response(
+        parse_token_response(
             answer.status,
             answer.retry_after,
             &answer.body,
             answer.sent_at,
-            &Scrubber::default(),
         )
         .map_err(|e| match e {
             Error::InvalidJson(_) => cloud(
