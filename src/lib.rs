@@ -267,6 +267,7 @@ mod layer;
 mod metadata;
 #[cfg(feature = "reqwest")]
 mod middleware;
+mod params;
 #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
 mod policy;
 mod provider;
@@ -306,6 +307,7 @@ pub use health::Health;
 pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 #[cfg(feature = "reqwest")]
 pub use middleware::AuthMiddleware;
+pub use params::TokenParams;
 pub use policy::MinValidity;
 pub use provider::{TokenProvider, TokenProviderBuilder};
 #[cfg(feature = "tower")]
