@@ -241,7 +241,7 @@ impl Inner {
         {
             // In the cool-down a token that is usable, if short of `min`, beats the error.
             return match usable {
-                Some(cached) => Ok(Joined::Token(cached.token)),
+                Some(cached) => Ok(Joined::Token(cached.token.clone())),
                 None => Err(failure.error.clone()),
             };
         }

@@ -17,6 +17,8 @@ mod storm;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -61,7 +63,7 @@ use storm::StormGuard;
 ///   before they ever worked, so an API that rejects every token cannot turn each call into
 ///   a token request.
 ///
-/// Cloning is cheap and clones share the cache. Reading a cached token takes a read lock,
+/// Cloning is cheap and clones share the cache. Reading a cached token takes no lock (an atomic load),
 /// reads the clock and clones an [`Arc`]: no await, no allocation. Time is [`tokio::time`],
 /// so tests can pause it. Needs a Tokio runtime with the time driver.
 ///
@@ -91,7 +93,7 @@ struct Inner {
     config: Config,
     /// The cached token with its refresh points: read on the fast path, written only with
     /// `state` held.
-    cache: RwLock<Option<Cached>>,
+    cache: ArcSwapOption<Cached>,
     /// Whether a refresh is in flight (mirrors `state.flight`), so that callers in the
     /// proactive window keep the fast path while the background refresh runs.
     refreshing: AtomicBool,
@@ -294,7 +296,7 @@ impl Inner {
             source,
             metrics,
             config,
-            cache: RwLock::new(None),
+            cache: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
             in_flight: RwLock::new(None),
             time_checked: Passed::new(),
@@ -312,20 +314,24 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, Option<Cached>> {
-        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    /// The cached token with its refresh points, read without a lock.
+    fn read_cache(&self) -> arc_swap::Guard<Option<Arc<Cached>>> {
+        self.cache.load()
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Option<Cached>> {
-        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    /// Caches `cached` (or nothing); `state` must be locked, so that writers never race.
+    fn write_cache(&self, cached: Option<Cached>) {
+        self.cache.store(cached.map(Arc::new));
     }
 
     /// Drops `token` if it is the cached one; `state` must be locked.
     fn drop_cached(&self, token: &AccessToken) -> bool {
-        let mut cache = self.write_cache();
-        let hit = cache.as_ref().is_some_and(|c| c.token.ptr_eq(token));
+        let hit = self
+            .read_cache()
+            .as_ref()
+            .is_some_and(|c| c.token.ptr_eq(token));
         if hit {
-            *cache = None;
+            self.write_cache(None);
         }
         hit
     }

@@ -118,7 +118,7 @@ impl Inner {
                 state.consecutive_failures = 0;
                 state.last_error = None;
                 state.last_refresh = Some(SystemTime::now());
-                *self.write_cache() = Some(Cached::new(&self.config, token.clone()));
+                self.write_cache(Some(Cached::new(&self.config, token.clone())));
                 self.metrics.refresh(elapsed, Some(token.expires_in()));
             }
             Err(error) => {
