@@ -54,8 +54,11 @@ type Stored = (String, Vec<u8>);
 
 #[derive(Default)]
 pub(super) struct Entries {
-    current: Option<(AccessToken, Stored)>,
-    rejected: Option<Stored>,
+    /// The cached token and the entries it was seen in (under a previous key's name and
+    /// copied under the current one: two).
+    current: Option<(AccessToken, Vec<Stored>)>,
+    /// The entries of a token rejected since, and the token: neither is handed out again.
+    rejected: Option<(AccessToken, Vec<Stored>)>,
 }
 
 impl Fleet {
@@ -85,18 +88,18 @@ impl Fleet {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn remember(&self, token: &AccessToken, entry: Stored) {
-        self.lock().current = Some((token.clone(), entry));
+    fn remember(&self, token: &AccessToken, entries: Vec<Stored>) {
+        self.lock().current = Some((token.clone(), entries));
     }
 
-    /// `token` was rejected: its entry must not be handed out again.
+    /// `token` was rejected: its entries must not be handed out again.
     pub(super) fn rejected(&self, token: &AccessToken) {
         let mut entries = self.lock();
-        if let Some((current, entry)) = entries.current.take() {
+        if let Some((current, stored)) = entries.current.take() {
             if current.ptr_eq(token) {
-                entries.rejected = Some(entry);
+                entries.rejected = Some((current, stored));
             } else {
-                entries.current = Some((current, entry));
+                entries.current = Some((current, stored));
             }
         }
     }
@@ -246,7 +249,7 @@ impl Inner {
             .await
             .is_some()
         {
-            fleet.remember(token, (fleet.key.clone(), entry));
+            fleet.remember(token, vec![(fleet.key.clone(), entry)]);
         }
     }
 
@@ -273,7 +276,12 @@ impl Inner {
                         .replace_if(&fleet.key, None, &entry, token.expires_in()),
                 );
                 if copied.await == Some(true) {
-                    fleet.remember(&token, (fleet.key.clone(), entry));
+                    let mut entries = fleet.lock();
+                    if let Some((current, stored)) = &mut entries.current
+                        && current.ptr_eq(&token)
+                    {
+                        stored.push((fleet.key.clone(), entry));
+                    }
                 }
             }
             return Look::Found(token);
@@ -291,10 +299,11 @@ impl Inner {
         let Some(entry) = stored else {
             return Look::Empty;
         };
-        if rejected
-            .as_ref()
-            .is_some_and(|(key, bytes)| key == name && *bytes == entry)
-        {
+        if rejected.as_ref().is_some_and(|(_, stored)| {
+            stored
+                .iter()
+                .any(|(key, bytes)| key == name && *bytes == entry)
+        }) {
             // Still the token a server rejected: remove it, unless another process has
             // replaced it meanwhile (compare-and-delete).
             fleet
@@ -314,6 +323,13 @@ impl Inner {
             return Look::Empty;
         };
         let mut token = stored.token;
+        if rejected
+            .as_ref()
+            .is_some_and(|(bad, _)| bad.expose_secret() == token.expose_secret())
+        {
+            // The rejected token under another name (a previous key's, or a copy).
+            return Look::Empty;
+        }
         if let Some(jkt) = &stored.dpop_jkt {
             // A DPoP-bound token is of use only with its key: this source's, or none.
             match self.source.dpop_key() {
@@ -330,7 +346,7 @@ impl Inner {
                 .seed(token.issued_at_instant(), interval);
         }
         tracing::debug!(key = %name, "access token taken from the token store");
-        fleet.remember(&token, (name.to_owned(), entry));
+        fleet.remember(&token, vec![(name.to_owned(), entry)]);
         Look::Found(token)
     }
 }
