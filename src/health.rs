@@ -18,6 +18,8 @@
 //! | `token_refresh_forced_refreshes_suppressed_total` | counter | rejections | | rejections the storm guard answered without a refresh |
 //! | `token_refresh_resends_total` | counter | requests | | requests resent with a fresh token after a rejection |
 //! | `token_refresh_token_expires_at_seconds` | gauge | seconds since the Unix epoch | | when the cached token expires, set at each refresh |
+//! | `token_refresh_store_ok` | gauge | 0 or 1 | | with a [token store](crate::store): 1 while its last call worked (from the provider's start), 0 while it fails or times out |
+//! | `token_refresh_store_errors_total` | counter | calls | | token store calls that failed or timed out (not the once-a-second probe of a store that is down) |
 //!
 //! Every metric is described (`# HELP` with its unit in Prometheus) when a provider is
 //! built, so install the recorder before building providers.

@@ -118,7 +118,7 @@ impl Fleet {
             if renewed.await == Some(false) {
                 tracing::debug!(
                     key = %self.key,
-                    "the token store's refresh lease was lost during the refresh: another process may fetch too"
+                    "the token store did not renew the refresh lease (lost, or a store that cannot renew): another process may fetch too"
                 );
                 return;
             }
@@ -163,7 +163,11 @@ impl Inner {
         let mut watching = false;
         loop {
             let seen = if watching { fleet.watch().await } else { None };
-            match self.look(fleet).await {
+            let look = self.look(fleet).await;
+            if !matches!(look, Look::Empty) {
+                flight.set_waiting_on_lease(false);
+            }
+            match look {
                 Look::Found(token) => return Ok(token),
                 Look::Failed => return self.fetch_with_retries(flight).await,
                 Look::Empty => {}
@@ -172,12 +176,13 @@ impl Inner {
                 "take the refresh lease",
                 fleet.store.try_lease(&fleet.key, &fence, fleet.lease_ttl),
             );
-            match leased.await {
+            let leased = leased.await;
+            if leased != Some(false) {
+                flight.set_waiting_on_lease(false);
+            }
+            match leased {
                 None => return self.fetch_with_retries(flight).await,
-                Some(true) => {
-                    flight.set_waiting_on_lease(false);
-                    return self.fetch_as_holder(fleet, flight, &fence).await;
-                }
+                Some(true) => return self.fetch_as_holder(fleet, flight, &fence).await,
                 Some(false) => {}
             }
             flight.set_waiting_on_lease(true);

@@ -4,9 +4,10 @@
 //! A [`TokenProvider`](crate::TokenProvider) built with
 //! [`store`](crate::TokenProviderBuilder::store) looks in the store before it asks the token
 //! endpoint, and only one process of the fleet — the holder of the store's **lease** — asks;
-//! the others wait for the token it stores. The store sees only opaque bytes under opaque
-//! keys: entries are sealed by the provider (see [`StoreConfig`]) before they reach it, and a
-//! key is a hash of what determines the token, never a secret.
+//! the others wait for the token it stores, woken by the store where it can notify them
+//! (Redis pub/sub), else polling. The store sees only opaque bytes under opaque keys:
+//! entries are sealed by the provider (see [`StoreConfig`]) before they reach it, and a key
+//! is a keyed hash of what determines the token, never a secret.
 //!
 //! - The hot path never touches the store: a cached token is read from memory as always. The
 //!   store is consulted when a refresh starts (no token yet, its proactive point, a
@@ -14,14 +15,53 @@
 //! - A store that is down, slow or returns garbage is never worse than no store: every call
 //!   has a timeout ([`DEFAULT_STORE_TIMEOUT`](crate::defaults::DEFAULT_STORE_TIMEOUT)), and on
 //!   any failure the provider falls back to its own token request, logs one WARN per outage,
-//!   and shows it in [`Health::store_ok`](crate::Health::store_ok).
-//! - Entries that do not open (tampered, copied from another key, sealed with another key,
-//!   garbage, an unknown format) or that have expired by this process's clock are never
-//!   handed out.
+//!   and shows it in [`Health::store_ok`](crate::Health::store_ok) and
+//!   [`Health::store_error`](crate::Health::store_error).
+//! - Entries that do not open (tampered, copied from another key or key prefix, sealed with
+//!   another encryption key, garbage, an unknown format) or that have expired by this
+//!   process's clock are never handed out.
 //!
 //! [`FileStore`] (a directory, for processes on one host) is always available, `RedisStore`
-//! (a fleet on many hosts) with the feature `redis`. To put the store on something else,
-//! implement [`TokenStore`].
+//! (a fleet on many hosts, on one Redis server or a Redis Cluster) with the feature `redis`.
+//! To put the store on something else, implement [`TokenStore`].
+//!
+//! # The encryption key
+//!
+//! Make one with `openssl rand -hex 32` (64 hex digits; base64 of 32 bytes works too) and
+//! give the same key to every process of the fleet, e.g. in a variable read by
+//! `encryption_key_from_env`. It seals the entries (XChaCha20-Poly1305) and, through a key
+//! derived from it, names them: the key of an entry is an HMAC-SHA-256 of the source's
+//! settings and secret, so that nobody who can list the store's keys can compute it or
+//! test a guessed secret against it. To move a fleet to a new key without a failed call,
+//! give it `encryption_keys([new, old])` first (the first key seals, any opens), then
+//! `[new]`: the procedure is on `RedisStore::encryption_keys`. With plaintext allowed there
+//! is no key: names are then plain hashes of the settings and secret, which anyone who
+//! guesses the secret can compute.
+//!
+//! # Where the key prefix shows
+//!
+//! `RedisStore` writes every key under its `key_prefix` (`token-refresh:` by default),
+//! then the entry's name in braces (a Redis Cluster hash tag):
+//! `token-refresh:{jwt-bearer-3fa2…}` (the sealed token), `…:lease` (the refresh lease),
+//! `…}.refresh-token` (a shared refresh token), and the pub/sub channel `…:changed`. The
+//! prefix is sealed into every entry with its name: an entry copied under another prefix or
+//! another name does not open. `FileStore` names its files `{name}.entry`, `{name}.lease`
+//! and `{name}.mutex` in its directory.
+//!
+//! # Faults
+//!
+//! | fault | what the fleet sees |
+//! |---|---|
+//! | the store is down or unreachable | each process fetches its own tokens (one request per process per lifetime); one WARN per outage; `Health::store_ok` false, `store_error` says why and when |
+//! | the store comes back | the provider reads its entry once a second while the store fails: `store_ok` is true within about a second; a broken Redis connection is replaced and the call sent once more, so the next refresh shares again |
+//! | the store is slow | every call times out after the store timeout (1 s) and counts as down |
+//! | the lease holder dies mid-refresh (SIGKILL, a lost host) | its lease, no longer renewed, lapses within [`DEFAULT_STORE_LEASE_TTL`](crate::defaults::DEFAULT_STORE_LEASE_TTL) (1.5 s); a waiter takes it and fetches |
+//! | the lease holder is alive but stuck | waiters fetch for themselves after the lease TTL plus the fetch timeout, or half their `max_wait`, whichever is first; a caller whose wait ends first gets `Error::WaitTimeout` saying it waited on another process's lease |
+//! | a notification is lost | waiters poll (25 ms doubling to 250 ms) |
+//! | a Redis Cluster failover or slot move | the client follows it; a call that still fails falls back as above |
+//! | the process uses another Tokio runtime, the first one shut down | each runtime has its own connection |
+//! | garbage, a tampered entry, an entry of another key, prefix or format | not opened, ignored, replaced at the next refresh |
+//! | a store refused at `build()` (no key, no plaintext) | every call fails with the configuration error; `Health::last_error` and `store_error` say so |
 //!
 //! # DPoP-bound tokens
 //!

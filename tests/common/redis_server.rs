@@ -1,7 +1,6 @@
 #![allow(dead_code)]
-//! Real Redis for the tests, from one place: a standalone server
-//! (`TOKEN_REFRESH_TEST_REDIS_URL` if set, else a `redis-server` started here on a free
-//! loopback port with no persistence) and a Redis Cluster of three masters and three
+//! Real Redis for the tests, from one place: a standalone server (a `redis-server` started
+//! here on a free loopback port with no persistence) and a Redis Cluster of three masters and three
 //! replicas (six `redis-server --cluster-enabled yes` on free ports, joined by
 //! `redis-cli --cluster create`). Both are killed when dropped. Without `redis-server` (or
 //! `redis-cli`) they fail saying how to install it: a Redis test is never skipped.
@@ -65,16 +64,9 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one (or uses the one named by `TOKEN_REFRESH_TEST_REDIS_URL`). Fails, saying how
-    /// to install it, when there is no `redis-server`: a Redis test is never skipped.
+    /// Starts one. Fails, saying how to install it, when there is no `redis-server`: a
+    /// Redis test is never skipped.
     pub fn start() -> Self {
-        if let Ok(url) = std::env::var("TOKEN_REFRESH_TEST_REDIS_URL") {
-            return Self {
-                url,
-                port: 0,
-                child: None,
-            };
-        }
         let port = free_port();
         let mut server = Self {
             url: format!("redis://127.0.0.1:{port}/"),
