@@ -14,7 +14,7 @@ use common::redis_server::RedisServer;
 use common::*;
 use token_refresh::store::RedisStore;
 use token_refresh::{AccessToken, Error, JwtBearer, TokenProvider};
-use token_refresh_emulator::Emulator;
+use token_refresh_emulator::{Emulator, Fault};
 
 fn store(redis: &RedisServer, prefix: &str) -> RedisStore {
     RedisStore::new(&redis.url)
@@ -246,22 +246,20 @@ fn a_lease_holder_sigkilled_with_default_timeouts_delays_the_fleet_by_at_most_tw
     const FETCH: Duration = Duration::from_millis(1_500);
     let redis = RedisServer::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counter = requests.clone();
-    let endpoint = runtime.block_on(serve(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(FETCH);
-        json_response(200, &token_json("tok-fleet", 3600), &[])
-    }));
+    let emulator = runtime.block_on(Emulator::start()).unwrap();
+    // Every token request is answered 1.5 s late (an async delay: the endpoint serves the
+    // second request while the first one's answer is still pending).
+    emulator.inject_fault(Fault::Delay(FETCH), 2);
+    let account = emulator.account();
     let worker = || {
         let mut command = example("fleet");
         command
             .args(["--worker", "--redis", &redis.url, "--callers", "4"])
-            .args(["--token-url", &endpoint.url("/oauth2/token")])
+            .args(["--token-url", &emulator.token_url()])
             .args(["--prefix", "sigkill:"])
-            .env("DT_SERVICE_ACCOUNT_KEY_ID", KEY_ID)
-            .env("DT_SERVICE_ACCOUNT_EMAIL", EMAIL)
-            .env("DT_SERVICE_ACCOUNT_SECRET", SECRET)
+            .env("DT_SERVICE_ACCOUNT_KEY_ID", account.key_id())
+            .env("DT_SERVICE_ACCOUNT_EMAIL", account.email())
+            .env("DT_SERVICE_ACCOUNT_SECRET", account.expose_secret())
             .env("TOKEN_REFRESH_STORE_KEY", "33".repeat(32))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -270,7 +268,7 @@ fn a_lease_holder_sigkilled_with_default_timeouts_delays_the_fleet_by_at_most_tw
     let mut holder = worker().spawn().unwrap();
     // Once it is waiting on the slow endpoint it holds the lease: SIGKILL it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while requests.load(Ordering::SeqCst) == 0 {
+    while emulator.stats().token_requests == 0 {
         assert!(Instant::now() < deadline, "the first worker never asked");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -296,8 +294,7 @@ fn a_lease_holder_sigkilled_with_default_timeouts_delays_the_fleet_by_at_most_tw
          after {waited:?} (the process ran {took:?}; the token endpoint takes {FETCH:?})"
     );
     assert!(waited < FETCH + Duration::from_secs(2), "{waited:?}");
-    assert_eq!(requests.load(Ordering::SeqCst), 2);
-    drop(endpoint);
+    assert_eq!(emulator.stats().token_requests, 2);
     drop(runtime);
 }
 
@@ -316,7 +313,8 @@ async fn a_wait_timeout_on_another_process_lease_says_so() {
         .try_build()
         .unwrap();
     let holding = tokio::spawn(async move { holder.token().await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the holder is asking the slow endpoint, it holds the lease.
+    eventually(|| endpoint.requests() == 1).await;
     let waiter = TokenProvider::builder(source())
         .store(store(&redis, "lease-wait:"))
         .try_build()
@@ -330,7 +328,7 @@ async fn a_wait_timeout_on_another_process_lease_says_so() {
         .send()
         .await
         .unwrap_err();
-    let error = Error::find(&error).expect("a token_refresh::Error");
+    let error = Error::find(&error).unwrap_or_else(|| panic!("not a token error: {error:?}"));
     println!("{error}");
     assert!(matches!(error, Error::WaitTimeout { .. }), "{error:?}");
     assert!(error.to_string().contains("another process"), "{error}");

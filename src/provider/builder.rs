@@ -212,7 +212,7 @@ impl TokenProviderBuilder {
     /// ([`TokenStore::renew`]'s default) needs a lease longer than a refresh takes;
     /// [`RedisStore`](crate::store) and [`FileStore`](crate::store::FileStore) renew.
     /// [`try_build`](Self::try_build) refuses a zero duration. Defaults:
-    /// [`DEFAULT_STORE_LEASE_TTL`] (1.5 s) and [`DEFAULT_STORE_TIMEOUT`] (1 s).
+    /// [`DEFAULT_STORE_LEASE_TTL`] (1 s) and [`DEFAULT_STORE_TIMEOUT`] (1 s).
     pub fn store_timeouts(mut self, lease_ttl: Duration, call_timeout: Duration) -> Self {
         self.store_lease_ttl = lease_ttl;
         self.store_timeout = call_timeout;

@@ -55,7 +55,7 @@
 //! | the store is down or unreachable | each process fetches its own tokens (one request per process per lifetime); one WARN per outage; `Health::store_ok` false, `store_error` says why and when |
 //! | the store comes back | the provider reads its entry once a second while the store fails: `store_ok` is true within about a second; a broken Redis connection is replaced and the call sent once more, so the next refresh shares again |
 //! | the store is slow | every call times out after the store timeout (1 s) and counts as down |
-//! | the lease holder dies mid-refresh (SIGKILL, a lost host) | its lease, no longer renewed, lapses within [`DEFAULT_STORE_LEASE_TTL`](crate::defaults::DEFAULT_STORE_LEASE_TTL) (1.5 s); a waiter takes it and fetches |
+//! | the lease holder dies mid-refresh (SIGKILL, a lost host) | its lease, no longer renewed, lapses within [`DEFAULT_STORE_LEASE_TTL`](crate::defaults::DEFAULT_STORE_LEASE_TTL) (1 s); a waiter takes it and fetches |
 //! | the lease holder is alive but stuck | waiters fetch for themselves after the lease TTL plus the fetch timeout, or half their `max_wait`, whichever is first; a caller whose wait ends first gets `Error::WaitTimeout` saying it waited on another process's lease |
 //! | a notification is lost | waiters poll (25 ms doubling to 250 ms) |
 //! | a Redis Cluster failover or slot move | the client follows it; a call that still fails falls back as above |
