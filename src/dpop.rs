@@ -18,6 +18,7 @@
 //! ```
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::SigningAlgorithm;
 use crate::error::{Error, Result};
-use crate::keys::{self, Parsed};
+use crate::signing::{self, Backend, KeyPair};
 
 /// The `typ` of a DPoP proof (RFC 9449 §4.2).
 pub const PROOF_TYPE: &str = "dpop+jwt";
@@ -53,15 +54,15 @@ pub(crate) fn nonce_of(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// A DPoP key: the private key a client proves possession of, with its public JWK and
-/// RFC 7638 thumbprint. Cheap to clone; the key is redacted in `Debug` and zeroized on drop
-/// (by the RustCrypto key types).
+/// RFC 7638 thumbprint. Cheap to clone; the key is redacted in `Debug` and wiped on drop.
 #[derive(Clone)]
 pub struct DpopKey {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    key: Key,
+    pair: KeyPair,
+    algorithm: SigningAlgorithm,
     /// The public JWK, members in RFC 7638 order.
     jwk: Value,
     thumbprint: String,
@@ -69,62 +70,94 @@ struct Inner {
     header: String,
 }
 
-enum Key {
-    /// P-256 with precomputed base-point tables (p256 0.14), a fraction of the untabled
-    /// multiplication's cost.
-    Es256(Box<p256_tables::ecdsa::SigningKey>),
-    EdDsa(Box<ed25519_dalek::SigningKey>),
-    Rs256(Box<rsa::pkcs1v15::SigningKey<Sha256>>),
-}
-
 impl DpopKey {
     /// A fresh P-256 key (ES256), the algorithm every DPoP server supports.
+    ///
+    /// # Panics
+    ///
+    /// Only if the operating system's random number generator fails.
     pub fn generate() -> Self {
-        let secret = p256::SecretKey::random(&mut chacha20poly1305::aead::OsRng);
-        Self::from_parsed(Parsed::P256(secret)).expect("a generated P-256 key is usable")
+        Self::generated(signing::Kind::P256)
     }
 
     /// A fresh Ed25519 key (EdDSA): the fastest proofs, for servers that list `EdDSA` in
     /// `dpop_signing_alg_values_supported`.
+    ///
+    /// # Panics
+    ///
+    /// Only if the operating system's random number generator fails.
     pub fn generate_ed25519() -> Self {
-        use chacha20poly1305::aead::rand_core::RngCore as _;
-        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-        chacha20poly1305::aead::OsRng.fill_bytes(&mut *seed);
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        Self::from_parsed(Parsed::Ed25519(key)).expect("a generated Ed25519 key is usable")
+        Self::generated(signing::Kind::Ed25519)
     }
 
-    /// A key from PEM (PKCS#8, PKCS#1 or SEC1): P-256 signs ES256, Ed25519 EdDSA, RSA
-    /// (2048 bits or more) RS256. Fails with [`Error::InvalidKey`] saying what is wrong.
+    fn generated(kind: signing::Kind) -> Self {
+        KeyPair::generate(kind, Backend::DEFAULT)
+            .and_then(|pair| Self::from_pair(pair, kind.default_algorithm()))
+            .unwrap_or_else(|e| panic!("a fresh DPoP key: {e}"))
+    }
+
+    /// A key from PEM (PKCS#8, PKCS#1 or SEC1, alone or among other blocks): P-256 signs
+    /// ES256, Ed25519 EdDSA, RSA (2048 bits or more) RS256 — PS256 with
+    /// [`with_algorithm`](Self::with_algorithm). Fails with [`Error::InvalidKey`] saying
+    /// what is wrong.
     pub fn from_pem(pem: impl AsRef<[u8]>) -> Result<Self> {
-        Self::from_parsed(keys::parse_private_pem(pem.as_ref())?)
+        Self::from_pem_on(pem, Backend::DEFAULT)
     }
 
-    fn from_parsed(parsed: Parsed) -> Result<Self> {
-        let public = keys::public_jwk_of(&parsed)?;
-        let (key, algorithm) = match parsed {
-            Parsed::P256(secret) => {
-                let bytes = zeroize::Zeroizing::new(secret.to_bytes());
-                let key = p256_tables::ecdsa::SigningKey::from_slice(&bytes[..]).map_err(|_| {
-                    Error::InvalidKey {
-                        problem: "the P-256 key is not a valid scalar".into(),
-                    }
-                })?;
-                (Key::Es256(Box::new(key)), SigningAlgorithm::ES256)
-            }
-            Parsed::Ed25519(key) => (Key::EdDsa(Box::new(key)), SigningAlgorithm::EdDSA),
-            Parsed::Rsa(key) => (
-                Key::Rs256(Box::new(rsa::pkcs1v15::SigningKey::new(key))),
-                SigningAlgorithm::RS256,
-            ),
+    /// [`from_pem`](Self::from_pem) on the given backend, for the crate's tests and
+    /// benchmarks, which compare the two.
+    #[doc(hidden)]
+    pub fn from_pem_on(pem: impl AsRef<[u8]>, backend: Backend) -> Result<Self> {
+        let material = signing::parse_private_pem(pem.as_ref())?;
+        let algorithm = if material.pss_only() {
+            SigningAlgorithm::PS256
+        } else {
+            material.kind().default_algorithm()
         };
-        let jwk = canonical_jwk(&public)?;
+        Self::from_pair(KeyPair::load(&material, backend)?, algorithm)
+    }
+
+    /// A fresh P-256 key on the given backend, for the crate's benchmarks.
+    #[doc(hidden)]
+    pub fn generate_on(backend: Backend, eddsa: bool) -> Result<Self> {
+        let kind = if eddsa {
+            signing::Kind::Ed25519
+        } else {
+            signing::Kind::P256
+        };
+        Self::from_pair(KeyPair::generate(kind, backend)?, kind.default_algorithm())
+    }
+
+    /// Picks PS256 instead of RS256 for an RSA key (a server whose
+    /// `dpop_signing_alg_values_supported` lists PS256 only); the other keys have one
+    /// algorithm each. An algorithm the key cannot sign is an [`Error::InvalidKey`].
+    /// Default: RS256 for RSA, ES256 for P-256, EdDSA for Ed25519.
+    pub fn with_algorithm(self, algorithm: SigningAlgorithm) -> Result<Self> {
+        let kind = self.inner.pair.kind();
+        if !kind.signs(algorithm) || algorithm == SigningAlgorithm::HS256 {
+            return Err(kind.cannot_sign(algorithm));
+        }
+        if algorithm == self.inner.algorithm {
+            return Ok(self);
+        }
+        let inner = Arc::try_unwrap(self.inner).map_err(|_| Error::InvalidKey {
+            problem: "pick the algorithm before cloning the DPoP key".into(),
+        })?;
+        Self::from_pair(inner.pair, algorithm)
+    }
+
+    fn from_pair(pair: KeyPair, algorithm: SigningAlgorithm) -> Result<Self> {
+        let public = pair.public().ok_or_else(|| Error::InvalidKey {
+            problem: "a DPoP key is EC P-256, Ed25519 or RSA, not an HMAC secret".into(),
+        })?;
+        let jwk = canonical_jwk(&public.jwk())?;
         let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(jwk.to_string().as_bytes()));
         let header = json!({ "typ": PROOF_TYPE, "alg": algorithm.name(), "jwk": jwk });
         let header = format!("{}.", URL_SAFE_NO_PAD.encode(header.to_string()));
         Ok(Self {
             inner: Arc::new(Inner {
-                key,
+                pair,
+                algorithm,
                 jwk,
                 thumbprint,
                 header,
@@ -132,13 +165,9 @@ impl DpopKey {
         })
     }
 
-    /// The algorithm of this key's proofs: ES256, EdDSA or RS256.
+    /// The algorithm of this key's proofs: ES256, EdDSA, RS256 or PS256.
     pub fn algorithm(&self) -> SigningAlgorithm {
-        match self.inner.key {
-            Key::Es256(_) => SigningAlgorithm::ES256,
-            Key::EdDsa(_) => SigningAlgorithm::EdDSA,
-            Key::Rs256(_) => SigningAlgorithm::RS256,
-        }
+        self.inner.algorithm
     }
 
     /// The public JWK that goes in every proof's header (only the members RFC 7638 hashes).
@@ -167,45 +196,43 @@ impl DpopKey {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut claims = json!({
-            "jti": keys::random_jti(),
-            "htm": method,
-            "htu": htu,
-            "iat": iat,
-        });
+        // The claims written straight into one buffer: a proof per request must cost its
+        // signature and little else.
+        let mut claims = Vec::with_capacity(256);
+        let string = |claims: &mut Vec<u8>, text: &str| {
+            // Writing a JSON string into a Vec cannot fail.
+            let _ = serde_json::to_writer(claims, text);
+        };
+        claims.extend_from_slice(br#"{"htm":"#);
+        string(&mut claims, method);
+        claims.extend_from_slice(br#","htu":"#);
+        string(&mut claims, htu);
+        let _ = write!(
+            claims,
+            r#","iat":{iat},"jti":"{:032x}""#,
+            fastrand::u128(..)
+        );
         if let Some(token) = access_token {
-            claims["ath"] = URL_SAFE_NO_PAD
-                .encode(Sha256::digest(token.as_bytes()))
-                .into();
+            claims.extend_from_slice(br#","ath":""#);
+            let mut ath = [0u8; 43];
+            let written = URL_SAFE_NO_PAD
+                .encode_slice(Sha256::digest(token.as_bytes()), &mut ath)
+                .unwrap_or(0);
+            claims.extend_from_slice(&ath[..written]);
+            claims.push(b'"');
         }
         if let Some(nonce) = nonce {
-            claims["nonce"] = nonce.into();
+            claims.extend_from_slice(br#","nonce":"#);
+            string(&mut claims, nonce);
         }
+        claims.push(b'}');
         let mut jwt = String::with_capacity(self.inner.header.len() + 512);
         jwt.push_str(&self.inner.header);
-        URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut jwt);
-        let signature = self.sign(jwt.as_bytes())?;
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut jwt);
+        let signature = self.inner.pair.sign(self.inner.algorithm, jwt.as_bytes())?;
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
         Ok(jwt)
-    }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        use p256::ecdsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
-        match &self.inner.key {
-            Key::Es256(key) => {
-                use p256_tables::ecdsa::signature::Signer as _;
-                let signature: p256_tables::ecdsa::Signature = key.sign(message);
-                Ok(signature.to_vec())
-            }
-            Key::EdDsa(key) => Ok(ed25519_dalek::Signer::sign(&**key, message)
-                .to_bytes()
-                .to_vec()),
-            Key::Rs256(key) => key
-                .try_sign_with_rng(&mut chacha20poly1305::aead::OsRng, message)
-                .map(|s| s.to_vec())
-                .map_err(|e| Error::Signing(e.to_string())),
-        }
     }
 }
 

@@ -92,6 +92,17 @@ pub enum Error {
     #[error("the signer did not answer within {0:?}")]
     SignerTimeout(Duration),
 
+    /// A [`Signer`](crate::Signer) failed with an error of its own (built with
+    /// [`Error::source`] or [`Error::transient`]): a KMS that refused or could not be
+    /// reached.
+    #[error("the signer failed: {source}")]
+    Signer {
+        /// The signer's own error.
+        source: Arc<dyn std::error::Error + Send + Sync>,
+        /// Whether retrying can help.
+        transient: bool,
+    },
+
     /// The token endpoint answered with an RFC 6749 §5.2 error response.
     #[error("token endpoint rejected the request (HTTP {status}): {error}{}", fmt_description(description.as_deref()))]
     OAuth {
@@ -384,6 +395,7 @@ impl Error {
                     || matches!(error.as_str(), "temporarily_unavailable" | "slow_down")
             }
             Self::Source { transient, .. }
+            | Self::Signer { transient, .. }
             | Self::SubjectToken { transient, .. }
             | Self::Discovery { transient, .. } => *transient,
             Self::Store(_) => true,

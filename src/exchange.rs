@@ -19,9 +19,9 @@ use crate::defaults::{
 };
 use crate::dpop::DpopKey;
 use crate::error::{Error, Result, Scrubber};
-use crate::keys::{self, Jws, Signer};
 use crate::metadata::{Discovery, ServerMetadata};
 use crate::quiet_panic::Passed;
+use crate::signing::{self, Jws, Signer};
 use crate::store::KeyBuilder;
 use crate::token::{AccessToken, is_b64token};
 use crate::transport::{check_transport, origin_of, same_origin};
@@ -608,11 +608,11 @@ impl<'a> TokenRequest<'a> {
             }
             if let Some((client_id, signer)) = self.client_assertion {
                 let audience = endpoint.assertion_audience.as_deref().unwrap_or(&target);
-                let jws = Jws::new(keys::ASSERTION_LIFETIME)?
+                let jws = Jws::new(signing::ASSERTION_LIFETIME)?
                     .claim("iss", client_id)
                     .claim("sub", client_id)
                     .claim("aud", audience);
-                let assertion = keys::mint(signer, jws, endpoint.timeout).await?;
+                let assertion = signing::mint(signer, jws, endpoint.timeout).await?;
                 append_param(&mut body, "client_id", client_id);
                 append_param(&mut body, "client_assertion_type", CLIENT_ASSERTION_TYPE);
                 append_param(&mut body, "client_assertion", assertion.expose_secret());

@@ -107,14 +107,17 @@
 //! |---|---|---|
 //! | `reqwest` | yes | [`AuthMiddleware`] for `reqwest-middleware` |
 //! | `tower` | yes | [`AuthLayer`] / [`AuthService`], replay of request bodies ([`ReplayBody`]) |
-//! | `rustls` | yes | TLS through rustls (as reqwest's feature of that name) |
+//! | `rustls` | yes | TLS through rustls (as reqwest's feature of that name); implies `aws-lc` |
+//! | `aws-lc` | yes (through `rustls`) | RS256, PS256, ES256 and EdDSA signed with aws-lc-rs; without it, with RustCrypto (see [`signing`]) |
+//! | `fips` | no | signing (and rustls) through aws-lc-rs's FIPS module; implies `aws-lc`; building it needs CMake and Go |
 //! | `native-tls` | no | TLS through the platform's library; with `default-features = false`, no aws-lc is built |
 //! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel` |
 //! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
 //!
-//! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there. HS256 signing
-//! uses jsonwebtoken's pure-Rust backend in every combination, so it never needs aws-lc or
-//! OpenSSL and never meets jsonwebtoken's "zero or two backends" panic.
+//! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there, and every key
+//! type signs in every feature combination: aws-lc-rs when `aws-lc` is on, the RustCrypto
+//! crates otherwise, HS256 with RustCrypto's `hmac` always. Nothing installs a process-wide
+//! crypto provider: the application's choice for rustls or jsonwebtoken stays its own.
 //!
 //! # Running a DT integration continuously
 //!
@@ -189,7 +192,6 @@ mod error;
 mod exchange;
 mod grants;
 pub mod health;
-mod keys;
 #[cfg(feature = "tower")]
 mod layer;
 mod metadata;
@@ -201,12 +203,16 @@ mod provider;
 mod quiet_panic;
 #[cfg(feature = "tower")]
 mod replay;
+pub mod signing;
 mod source;
 pub mod store;
 pub use metadata::ServerMetadata;
 mod token;
 mod transport;
 
+/// The attribute macro for implementing [`Signer`] (and [`TokenSource`]) by hand, re-exported
+/// so that a manifest needs no `async-trait` of its own: `#[token_refresh::async_trait]`.
+pub use async_trait::async_trait;
 pub use credentials::ServiceAccount;
 #[doc(hidden)]
 pub use credentials::parse_credentials_json;
@@ -224,7 +230,6 @@ pub use grants::token_exchange::{
     SubjectTokenFile, SubjectTokenSource, TokenExchange, token_types,
 };
 pub use health::Health;
-pub use keys::{Signer, SigningAlgorithm, SigningKey};
 #[cfg(feature = "tower")]
 pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 #[cfg(feature = "reqwest")]
@@ -233,5 +238,6 @@ pub use policy::MinValidity;
 pub use provider::{TokenProvider, TokenProviderBuilder};
 #[cfg(feature = "tower")]
 pub use replay::{RecordingBody, Replay, ReplayBody};
+pub use signing::{Signer, SigningAlgorithm, SigningKey};
 pub use source::TokenSource;
 pub use token::AccessToken;

@@ -3,6 +3,8 @@
 //!
 //! Real time throughout: these tests talk over loopback sockets.
 
+mod common;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -50,10 +52,10 @@ impl Assertion {
     }
 
     fn sign(&self) -> String {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        common::jsonwebtoken();
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        let key = EncodingKey::from_secret(self.secret.as_bytes());
+        let key = EncodingKey::from_secret(self.secret.as_bytes()).expect("a secret");
         jsonwebtoken::encode(&header, &self.claims, &key).expect("sign")
     }
 

@@ -132,7 +132,8 @@ async fn the_signature_verifies_against_the_registered_public_key() {
     let emulator = Emulator::start().await.unwrap();
     let public = SigningKey::from_pem(rsa_pem())
         .unwrap()
-        .key_id(KEY_ID)
+        .with_key_id(KEY_ID)
+        .unwrap()
         .public_jwk()
         .unwrap();
     emulator.register_key(EMAIL, &public).unwrap();

@@ -1,7 +1,9 @@
 //! Signing keys: every algorithm for the JWT-bearer grant and for client assertions against
 //! the emulator's registered keys, algorithm confusion and replays refused, key files
 //! rotated on disk, signers that count, hang or fail, and our assertions verified by a JOSE
-//! library the crate does not use (jwt-simple).
+//! library the crate does not use (jsonwebtoken).
+
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +27,10 @@ fn pem(name: &str) -> String {
 }
 
 fn key(name: &str, kid: &str) -> SigningKey {
-    SigningKey::from_pem(pem(name)).unwrap().key_id(kid)
+    SigningKey::from_pem(pem(name))
+        .unwrap()
+        .with_key_id(kid)
+        .unwrap()
 }
 
 /// Every algorithm, from every PEM form.
@@ -35,7 +40,7 @@ fn keys() -> Vec<(SigningKey, SigningAlgorithm)> {
         (key("rsa-pkcs1.pem", "rs256-pkcs1"), SigningAlgorithm::RS256),
         (
             key("rsa-pkcs8.pem", "ps256")
-                .algorithm(SigningAlgorithm::PS256)
+                .with_algorithm(SigningAlgorithm::PS256)
                 .unwrap(),
             SigningAlgorithm::PS256,
         ),
@@ -130,7 +135,8 @@ async fn algorithm_confusion_is_refused() {
 
     let forged = SigningKey::from_secret(public_pem.as_bytes())
         .unwrap()
-        .key_id("rsa-key");
+        .with_key_id("rsa-key")
+        .unwrap();
     assert_eq!(forged.signing_algorithm(), SigningAlgorithm::HS256);
     let error = TokenProvider::new(JwtBearer::signed_by(emulator.token_url(), ISSUER, forged))
         .token()
@@ -141,7 +147,8 @@ async fn algorithm_confusion_is_refused() {
 
     let forged = SigningKey::from_secret(public_pem.as_bytes())
         .unwrap()
-        .key_id("client-rsa");
+        .with_key_id("client-rsa")
+        .unwrap();
     let source = ClientCredentials::with_client_auth(
         emulator.token_url(),
         emulator.client_id(),
@@ -222,13 +229,19 @@ impl Recording {
     }
 }
 
-#[async_trait::async_trait]
+#[token_refresh::async_trait]
 impl Signer for Recording {
     fn algorithm(&self) -> SigningAlgorithm {
         self.key.signing_algorithm()
     }
     fn key_id(&self) -> Option<&str> {
         Signer::key_id(&self.key)
+    }
+    fn x5t_s256(&self) -> Option<&str> {
+        self.key.x5t_s256()
+    }
+    fn x5t(&self) -> Option<&str> {
+        self.key.x5t()
     }
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         use base64::Engine as _;
@@ -274,13 +287,19 @@ async fn a_replayed_assertion_is_refused_when_replays_are_checked() {
 #[derive(Debug)]
 struct ArcSigner<S>(Arc<S>);
 
-#[async_trait::async_trait]
+#[token_refresh::async_trait]
 impl<S: Signer> Signer for ArcSigner<S> {
     fn algorithm(&self) -> SigningAlgorithm {
         self.0.algorithm()
     }
     fn key_id(&self) -> Option<&str> {
         self.0.key_id()
+    }
+    fn x5t_s256(&self) -> Option<&str> {
+        self.0.x5t_s256()
+    }
+    fn x5t(&self) -> Option<&str> {
+        self.0.x5t()
     }
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         self.0.sign(message).await
@@ -325,7 +344,7 @@ struct Broken {
     calls: Arc<AtomicUsize>,
 }
 
-#[async_trait::async_trait]
+#[token_refresh::async_trait]
 impl Signer for Broken {
     fn algorithm(&self) -> SigningAlgorithm {
         SigningAlgorithm::ES256
@@ -379,6 +398,11 @@ async fn a_hanging_signer_times_out_and_a_failing_one_reports_its_own_error() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("may not use key kms"), "{error}");
+    assert!(
+        error.to_string().starts_with("the signer failed: "),
+        "says who failed: {error}"
+    );
+    assert!(matches!(error, Error::Signer { .. }), "{error:?}");
     assert!(!error.is_transient());
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -393,7 +417,10 @@ async fn a_key_file_rotated_on_disk_signs_the_next_assertion() {
     let dir = tempdir();
     let path = dir.join("key.pem");
     std::fs::write(&path, pem("rsa-pkcs8.pem")).unwrap();
-    let key = SigningKey::from_pem_file(&path).unwrap().key_id("rotating");
+    let key = SigningKey::from_pem_file(&path)
+        .unwrap()
+        .with_key_id("rotating")
+        .unwrap();
     emulator
         .register_key(ISSUER, &key.public_jwk().unwrap())
         .unwrap();
@@ -408,7 +435,8 @@ async fn a_key_file_rotated_on_disk_signs_the_next_assertion() {
     std::fs::write(&path, pem("rsa2-pkcs8.pem")).unwrap();
     let rotated = SigningKey::from_pem(pem("rsa2-pkcs8.pem"))
         .unwrap()
-        .key_id("rotating");
+        .with_key_id("rotating")
+        .unwrap();
     emulator
         .register_key(ISSUER, &rotated.public_jwk().unwrap())
         .unwrap();
@@ -451,7 +479,7 @@ fn unusable_keys_get_errors_that_say_what_is_wrong() {
     let cases = [
         ("ec-encrypted.pem", "encrypted"),
         ("rsa-public.pem", "public key"),
-        ("ec-p384.pem", "unsupported type"),
+        ("ec-p384.pem", "P-384"),
         ("rsa-1024.pem", "1024 bits"),
     ];
     for (file, says) in cases {
@@ -465,16 +493,165 @@ fn unusable_keys_get_errors_that_say_what_is_wrong() {
     let error = SigningKey::from_pem("not a key").unwrap_err();
     assert!(error.to_string().contains("PEM"), "{error}");
     let error = key("rsa-pkcs8.pem", "k")
-        .algorithm(SigningAlgorithm::ES256)
+        .with_algorithm(SigningAlgorithm::ES256)
         .unwrap_err();
     assert!(error.to_string().contains("RS256 or PS256"), "{error}");
     let error = key("ed25519.pem", "k")
-        .algorithm(SigningAlgorithm::RS256)
+        .with_algorithm(SigningAlgorithm::RS256)
         .unwrap_err();
     assert!(error.to_string().contains("EdDSA"), "{error}");
     let error = SigningKey::from_pem_file("/nonexistent/key.pem").unwrap_err();
     assert!(matches!(error, Error::KeyFile { .. }), "{error:?}");
     assert!(SigningKey::from_secret("").is_err());
+}
+
+/// PEM files as people have them: OpenSSL's `EC PARAMETERS` before the key, a key +
+/// certificate bundle, a legacy encrypted key, an empty file, corrupt DER in a good wrapper.
+#[test]
+fn keys_as_people_have_them_are_read_or_get_errors_that_say_why() {
+    use base64::Engine as _;
+
+    let with_params = SigningKey::from_pem(pem("ec-with-params.pem")).unwrap();
+    assert_eq!(with_params.signing_algorithm(), SigningAlgorithm::ES256);
+    let bundle = SigningKey::from_pem(pem("rsa-bundle.pem")).unwrap();
+    assert_eq!(
+        bundle.public_jwk(),
+        SigningKey::from_pem(pem("rsa-pkcs8.pem"))
+            .unwrap()
+            .public_jwk(),
+        "the bundle's private key, not its certificate"
+    );
+
+    let wrap = |label: &str, der: &[u8]| {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
+    };
+    let two_keys = pem("rsa-pkcs8.pem") + &pem("ec-pkcs8.pem");
+    let no_key = pem("rsa-cert.pem") + &pem("rsa-public.pem");
+    let cases = [
+        (pem("rsa-legacy-encrypted.pem"), "the key is encrypted"),
+        (pem("ec-encrypted.pem"), "the key is encrypted"),
+        (String::new(), "the PEM is empty"),
+        (" \n".to_owned(), "the PEM is empty"),
+        (
+            no_key,
+            "found 2 PEM blocks (CERTIFICATE, PUBLIC KEY), none a private key",
+        ),
+        (two_keys, "found 2 private keys"),
+        (
+            wrap("PRIVATE KEY", b"\x30\x03\x02\x01\x05 not DER at all"),
+            "the PRIVATE KEY (PKCS#8) is corrupt",
+        ),
+        (
+            wrap("RSA PRIVATE KEY", &[0x30, 0x82, 0x01]),
+            "the RSA PRIVATE KEY (PKCS#1) is corrupt",
+        ),
+        (
+            wrap("EC PRIVATE KEY", b"garbage"),
+            "the EC PRIVATE KEY (SEC1) is corrupt",
+        ),
+    ];
+    for (text, says) in cases {
+        let error = SigningKey::from_pem(&text).unwrap_err();
+        assert!(matches!(error, Error::InvalidKey { .. }), "{error:?}");
+        assert!(error.to_string().contains(says), "wanted {says:?}: {error}");
+        let dpop = token_refresh::dpop::DpopKey::from_pem(&text).unwrap_err();
+        assert!(
+            dpop.to_string().contains(says),
+            "DPoP keys read alike: {dpop}"
+        );
+    }
+
+    let dir = tempdir();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let error = SigningKey::from_pem_file(&empty).unwrap_err();
+    assert!(matches!(error, Error::KeyFile { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("the key file is empty"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("empty.pem"),
+        "names the file: {error}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Microsoft Entra's certificate credentials: the assertion's header names the certificate
+/// by its SHA-256 thumbprint (`x5t#S256`), and by SHA-1 (`x5t`) on request. The expected
+/// values are OpenSSL's (tests/keys/README.md says how).
+#[tokio::test]
+async fn a_certificate_puts_its_thumbprints_in_the_header() {
+    const X5T_S256: &str = "PJQr7mvWd4ywWCTxeTwfUprfpYi9NWy-K3dGKIdWIog";
+    const X5T: &str = "xPNBb8FtL9C6X6nHkNm6I29DMTg";
+
+    let emulator = Emulator::start().await.unwrap();
+    let key = SigningKey::from_pem(pem("rsa-bundle.pem"))
+        .unwrap()
+        .with_key_id("entra")
+        .unwrap()
+        .with_algorithm(SigningAlgorithm::PS256)
+        .unwrap()
+        .with_certificate(pem("rsa-bundle.pem"))
+        .unwrap();
+    assert_eq!(key.x5t_s256(), Some(X5T_S256));
+    assert_eq!(key.x5t(), None, "x5t only on request");
+    emulator
+        .register_key(emulator.client_id(), &key.public_jwk().unwrap())
+        .unwrap();
+    for (key, x5t) in [
+        (key.clone(), None),
+        (key.with_sha1_thumbprint(true).unwrap(), Some(X5T)),
+    ] {
+        let signer = Arc::new(Recording::new(key));
+        let provider = TokenProvider::new(ClientCredentials::with_client_auth(
+            emulator.token_url(),
+            emulator.client_id(),
+            ClientAuth::private_key_jwt(ArcSigner(Arc::clone(&signer))),
+        ));
+        provider.token().await.unwrap();
+        let assertion = signer.last.lock().unwrap().clone().unwrap();
+        let header = header_of(&assertion);
+        assert_eq!(header["alg"], "PS256");
+        assert_eq!(header["x5t#S256"], X5T_S256, "{header}");
+        assert_eq!(header.get("x5t").and_then(|v| v.as_str()), x5t, "{header}");
+    }
+
+    let rsa = SigningKey::from_pem(pem("rsa-pkcs8.pem")).unwrap();
+    let error = rsa
+        .clone()
+        .with_certificate(pem("rsa2-cert.pem"))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("none for this key"),
+        "another key's certificate: {error}"
+    );
+    let error = rsa
+        .clone()
+        .with_certificate(pem("rsa-public.pem"))
+        .unwrap_err();
+    assert!(error.to_string().contains("none a CERTIFICATE"), "{error}");
+    let error = rsa.with_sha1_thumbprint(true).unwrap_err();
+    assert!(error.to_string().contains("with_certificate"), "{error}");
+    let error = SigningKey::from_secret("s3cret")
+        .unwrap()
+        .with_certificate(pem("rsa-cert.pem"))
+        .unwrap_err();
+    assert!(error.to_string().contains("HMAC"), "{error}");
+}
+
+fn header_of(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').next().unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -518,8 +695,9 @@ fn private_jwks_are_read_and_public_ones_refused() {
     assert_eq!(rsa.signing_algorithm(), SigningAlgorithm::PS256);
     let from_pem = SigningKey::from_pem(pem("rsa-pkcs8.pem"))
         .unwrap()
-        .key_id("rsa-jwk")
-        .algorithm(SigningAlgorithm::PS256)
+        .with_key_id("rsa-jwk")
+        .unwrap()
+        .with_algorithm(SigningAlgorithm::PS256)
         .unwrap();
     assert_eq!(rsa.public_jwk(), from_pem.public_jwk());
     let mut broken: serde_json::Value = serde_json::from_str(&pem("rsa-private.jwk.json")).unwrap();
@@ -564,38 +742,39 @@ fn keys_never_show_their_material() {
     assert!(secret.public_jwk().is_none());
 }
 
-/// Our assertions as jwt-simple, a JOSE library the crate does not use, sees them: the
+/// Our assertions as jsonwebtoken, a JOSE library the crate does not use, sees them: the
 /// signature verifies with the public key, and the claims are what the grant promises.
 #[tokio::test]
-async fn jwt_simple_verifies_our_assertions() {
-    use jwt_simple::prelude::*;
+async fn jsonwebtoken_verifies_our_assertions() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+    common::jsonwebtoken();
     let emulator = Emulator::start().await.unwrap();
-    type Verify = Box<dyn Fn(&str) -> Result<JWTClaims<NoCustomClaims>, jwt_simple::Error>>;
-    let cases: Vec<(SigningKey, Verify)> = vec![
-        (key("rsa-pkcs8.pem", "rs"), {
-            let public = RS256PublicKey::from_pem(&pem("rsa-public.pem")).unwrap();
-            Box::new(move |t| public.verify_token::<NoCustomClaims>(t, None))
-        }),
+    let cases = [
+        (
+            key("rsa-pkcs8.pem", "rs"),
+            Algorithm::RS256,
+            DecodingKey::from_rsa_pem(pem("rsa-public.pem").as_bytes()).unwrap(),
+        ),
         (
             key("rsa-pkcs1.pem", "ps")
-                .algorithm(SigningAlgorithm::PS256)
+                .with_algorithm(SigningAlgorithm::PS256)
                 .unwrap(),
-            {
-                let public = PS256PublicKey::from_pem(&pem("rsa-public.pem")).unwrap();
-                Box::new(move |t| public.verify_token::<NoCustomClaims>(t, None))
-            },
+            Algorithm::PS256,
+            DecodingKey::from_rsa_pem(pem("rsa-public.pem").as_bytes()).unwrap(),
         ),
-        (key("ec-sec1.pem", "es"), {
-            let public = ES256PublicKey::from_pem(&pem("ec-public.pem")).unwrap();
-            Box::new(move |t| public.verify_token::<NoCustomClaims>(t, None))
-        }),
-        (key("ed25519.pem", "ed"), {
-            let public = Ed25519PublicKey::from_pem(&pem("ed25519-public.pem")).unwrap();
-            Box::new(move |t| public.verify_token::<NoCustomClaims>(t, None))
-        }),
+        (
+            key("ec-sec1.pem", "es"),
+            Algorithm::ES256,
+            DecodingKey::from_ec_pem(pem("ec-public.pem").as_bytes()).unwrap(),
+        ),
+        (
+            key("ed25519.pem", "ed"),
+            Algorithm::EdDSA,
+            DecodingKey::from_ed_pem(pem("ed25519-public.pem").as_bytes()).unwrap(),
+        ),
     ];
-    for (key, verify) in cases {
+    for (key, jwa, public) in cases {
         let algorithm = key.signing_algorithm();
         emulator
             .register_key(ISSUER, &key.public_jwk().unwrap())
@@ -607,13 +786,18 @@ async fn jwt_simple_verifies_our_assertions() {
         );
         provider.token().await.unwrap();
         let assertion = signer.last.lock().unwrap().clone().unwrap();
+        let mut validation = Validation::new(jwa);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[emulator.token_url()]);
+        validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub", "jti"]);
+        let verify = |token: &str| {
+            jsonwebtoken::decode::<serde_json::Value>(token, &public, &validation)
+                .map(|data| data.claims)
+        };
         let claims = verify(&assertion).unwrap_or_else(|e| panic!("{algorithm}: {e}"));
-        assert_eq!(claims.issuer.as_deref(), Some(ISSUER));
-        assert_eq!(claims.subject.as_deref(), Some("subject-1"));
-        assert!(claims.jwt_id.is_some());
-        let audiences = claims.audiences.unwrap().into_set();
-        assert!(audiences.contains(&emulator.token_url()), "{audiences:?}");
-        let lifetime = claims.expires_at.unwrap().as_secs() - claims.issued_at.unwrap().as_secs();
+        assert_eq!(claims["sub"], "subject-1");
+        assert_eq!(claims["jti"].as_str().map(str::len), Some(32));
+        let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
         assert!(lifetime <= 300, "a short-lived assertion: {lifetime} s");
 
         // A tampered signature does not verify: the check is real.

@@ -68,6 +68,20 @@ pub(crate) fn verify(
     json_part(claims).ok_or(Invalid::Malformed)
 }
 
+/// An HS256 JWT with `header` and `claims`, signed with `secret` through the same
+/// explicitly named provider.
+pub(crate) fn sign_hs256(header: &Value, claims: &Value, secret: &[u8]) -> Option<String> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).ok()?;
+    let signer = (DEFAULT_PROVIDER.signer_factory)(&Algorithm::HS256, &key).ok()?;
+    let mut jwt = URL_SAFE_NO_PAD.encode(header.to_string());
+    jwt.push('.');
+    jwt.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = signer.try_sign(jwt.as_bytes()).ok()?;
+    jwt.push('.');
+    jwt.push_str(&URL_SAFE_NO_PAD.encode(signature));
+    Some(jwt)
+}
+
 /// The header of a JWT, unverified.
 pub(crate) fn header(token: &str) -> Option<Value> {
     let mut parts = token.split('.');

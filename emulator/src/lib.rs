@@ -344,6 +344,24 @@ impl Emulator {
         })
     }
 
+    /// A JWT-bearer assertion for the [account](Self::account), signed now the way another
+    /// system (a sidecar, a CI job) would sign it for `JwtBearer::from_assertion_file`:
+    /// HS256 with the account's secret, `iss` its email, `aud` the token URL, valid for an
+    /// hour. A secret, like the account's: keep it out of logs.
+    pub fn signed_assertion(&self) -> String {
+        let account = &self.shared.account;
+        let iat = jwt::now() as u64;
+        let header = serde_json::json!({"alg": "HS256", "kid": account.key_id(), "typ": "JWT"});
+        let claims = serde_json::json!({
+            "iss": account.email(),
+            "aud": self.shared.token_url,
+            "iat": iat,
+            "exp": iat + 3600,
+        });
+        jwt::sign_hs256(&header, &claims, account.expose_secret().as_bytes())
+            .unwrap_or_else(|| unreachable!("the generated account has a secret"))
+    }
+
     /// Checks the `jti` of assertions signed with registered keys and of client assertions:
     /// one without a `jti`, or with one seen before, is refused (and the seen ones are
     /// forgotten when this is set). Default: off.
@@ -678,7 +696,8 @@ impl EmulatorBuilder {
         });
         let google = token_refresh::SigningKey::from_pem(GOOGLE_KEY_PEM)
             .expect("the built-in key parses")
-            .key_id(GOOGLE_KEY_ID);
+            .with_key_id(GOOGLE_KEY_ID)
+            .expect("the built-in key id is not empty");
         shared
             .keys
             .register(

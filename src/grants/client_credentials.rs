@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::client::OAuthClient;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
-use crate::keys::{Signer, SigningKey};
+use crate::signing::{Signer, SigningKey};
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -54,7 +54,7 @@ impl ClientAuth {
     /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
     /// -----END PRIVATE KEY-----",
     /// )?
-    /// .key_id("client-key-1");
+    /// .with_key_id("client-key-1")?;
     /// // The client registered its public key with the server: here, the emulator.
     /// emulator.register_key(emulator.client_id(), &key.public_jwk().unwrap())?;
     ///

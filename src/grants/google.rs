@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::grants::jwt_bearer::JwtBearer;
-use crate::keys::SigningKey;
+use crate::signing::SigningKey;
 use crate::transport::is_loopback_host;
 
 /// The variable that names a Google service account's key file.
@@ -92,7 +92,7 @@ impl JwtBearer {
             .ok_or_else(|| problem("field private_key is missing or empty".into()))?;
         let key = SigningKey::from_pem(pem.as_bytes())
             .map_err(|e| problem(format!("field private_key: {e}")))?
-            .key_id(key_id);
+            .with_key_id(key_id)?;
         if key.signing_algorithm() != crate::SigningAlgorithm::RS256 {
             return Err(problem("field private_key must be an RSA key".into()));
         }

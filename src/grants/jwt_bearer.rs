@@ -6,16 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::credentials::ServiceAccount;
 use crate::dt;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
-use crate::keys::{self, Jws, Signer};
+use crate::signing::{self, Jws, Signer, SigningKey};
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -95,18 +93,6 @@ enum Assertion {
     },
 }
 
-#[derive(Serialize)]
-struct Claims<'a> {
-    iss: &'a str,
-    aud: &'a str,
-    iat: u64,
-    exp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sub: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    jti: Option<String>,
-}
-
 impl JwtBearer {
     /// The `grant_type` of RFC 7523 §2.1.
     pub const GRANT_TYPE: &'static str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -146,34 +132,17 @@ impl JwtBearer {
     /// use token_refresh::{JwtBearer, TokenProvider};
     ///
     /// let emulator = Emulator::start().await?;
-    /// # // Stands in for the system that signs assertions: here, for the emulator's account.
-    /// # let sign = |emulator: &Emulator| -> Result<String, Box<dyn std::error::Error>> {
-    /// #     let account = emulator.account();
-    /// #     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    /// #     header.kid = Some(account.key_id().to_owned());
-    /// #     let iat = std::time::SystemTime::now()
-    /// #         .duration_since(std::time::UNIX_EPOCH)?
-    /// #         .as_secs();
-    /// #     let claims = serde_json::json!({
-    /// #         "iss": account.email(),
-    /// #         "aud": emulator.token_url(),
-    /// #         "iat": iat,
-    /// #         "exp": iat + 3600,
-    /// #     });
-    /// #     let key = jsonwebtoken::EncodingKey::from_secret(account.expose_secret().as_bytes());
-    /// #     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
-    /// # };
     /// // Another system signs the assertion and writes it to a file.
     /// let path = std::env::temp_dir()
     ///     .join(format!("token-refresh-doc-assertion-{}.jwt", std::process::id()));
-    /// std::fs::write(&path, sign(&emulator)? + "\n")?;
+    /// std::fs::write(&path, emulator.signed_assertion() + "\n")?;
     ///
     /// let source = JwtBearer::from_assertion_file(emulator.token_url(), &path);
     /// let provider = TokenProvider::new(source);
     /// let token = provider.token().await?;
     ///
     /// // It rotates the assertion; the next exchange reads the new one.
-    /// std::fs::write(&path, sign(&emulator)?)?;
+    /// std::fs::write(&path, emulator.signed_assertion())?;
     /// provider.invalidate(&token);
     /// let fresh = provider.token().await?;
     /// assert!(!fresh.ptr_eq(&token));
@@ -213,7 +182,7 @@ impl JwtBearer {
     /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
     /// -----END PRIVATE KEY-----",
     /// )?
-    /// .key_id("robot-key-1");
+    /// .with_key_id("robot-key-1")?;
     /// // The server knows the public key: here, the emulator.
     /// emulator.register_key("robot@example.com", &key.public_jwk().unwrap())?;
     ///
@@ -340,7 +309,7 @@ impl JwtBearer {
                 account,
                 subject,
                 jti,
-            } => self.sign(account, subject.as_deref(), *jti),
+            } => self.sign(account, subject.as_deref(), *jti).await,
             Assertion::File(path) => read_assertion(path),
             Assertion::Key {
                 signer,
@@ -348,7 +317,7 @@ impl JwtBearer {
                 subject,
                 claims,
             } => {
-                let mut jws = Jws::new(keys::ASSERTION_LIFETIME)?
+                let mut jws = Jws::new(signing::ASSERTION_LIFETIME)?
                     .extra(claims)
                     .claim("iss", issuer.as_str())
                     .claim(
@@ -358,35 +327,36 @@ impl JwtBearer {
                 if let Some(subject) = subject {
                     jws = jws.claim("sub", subject.as_str());
                 }
-                keys::mint(&**signer, jws, self.endpoint.request_timeout()).await
+                signing::mint(&**signer, jws, self.endpoint.request_timeout()).await
             }
         }
     }
 
-    fn sign(
+    /// DT's assertion: HS256 with the secret's UTF-8 bytes, header
+    /// `{"alg":"HS256","kid":KEY_ID,"typ":"JWT"}`, claims `aud`, `exp`, `iat`, `iss` (and
+    /// `sub`, `jti` when asked for).
+    async fn sign(
         &self,
         account: &ServiceAccount,
         subject: Option<&str>,
         jti: bool,
     ) -> Result<SecretString> {
         account.validate()?;
-        install_crypto_provider();
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(account.key_id().to_owned());
-        let iat = keys::backdated_iat()?;
-        let claims = Claims {
-            iss: account.email(),
-            aud: self.audience.as_deref().unwrap_or(self.endpoint.url()),
-            iat,
-            exp: iat + ASSERTION_LIFETIME.as_secs(),
-            sub: subject,
-            jti: jti.then(keys::random_jti),
-        };
-        let key = EncodingKey::from_secret(account.expose_secret().as_bytes());
-        jsonwebtoken::encode(&header, &claims, &key)
-            .map(SecretString::from)
-            // jsonwebtoken's errors describe the failure kind, never the key or the claims.
-            .map_err(|e| Error::Signing(e.to_string()))
+        let key =
+            SigningKey::from_secret(account.expose_secret())?.with_key_id(account.key_id())?;
+        let mut jws = Jws::new(ASSERTION_LIFETIME)?
+            .claim("iss", account.email())
+            .claim(
+                "aud",
+                self.audience.as_deref().unwrap_or(self.endpoint.url()),
+            );
+        if !jti {
+            jws = jws.without_jti();
+        }
+        if let Some(subject) = subject {
+            jws = jws.claim("sub", subject);
+        }
+        signing::mint(&key, jws, self.endpoint.request_timeout()).await
     }
 }
 
@@ -497,15 +467,4 @@ impl fmt::Debug for JwtBearer {
             .field("scopes", &self.scopes)
             .finish()
     }
-}
-
-/// Selects jsonwebtoken's pure-Rust backend explicitly, so that signing works even if some
-/// other crate in the build enables a second backend (jsonwebtoken would otherwise panic at
-/// the first `encode`). It is the only backend this crate enables, whatever TLS it uses.
-pub(crate) fn install_crypto_provider() {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        // Err means a provider is installed already, by us or by the application: use it.
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-    });
 }

@@ -8,7 +8,7 @@
 //! derived from the encryption key), which nobody without the encryption key can compute
 //! or test a guess against.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::{Digest, Sha256};
 
 /// Hex digits of the hash kept in a key: 128 bits, far past any chance of two settings
@@ -80,7 +80,7 @@ impl Namer {
 
 /// HMAC-SHA-256 of the concatenated `parts` under `key`.
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in parts {
         mac.update(part);
     }

@@ -12,6 +12,15 @@ use httpmock::MockServer;
 use serde_json::{Value, json};
 use token_refresh::{JwtBearer, ServiceAccount, TokenProvider, TokenProviderBuilder};
 
+/// jsonwebtoken, a JOSE library the crate does not use, checks what the crate signs. A test
+/// binary is an application: it picks jsonwebtoken's RustCrypto provider for its process,
+/// so that it works whatever backends the workspace's feature unification enables (an
+/// application member enables `aws_lc_rs`; with two backends and none installed,
+/// jsonwebtoken panics).
+pub fn jsonwebtoken() {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
 pub const KEY_ID: &str = "test-key-id";
 pub const EMAIL: &str = "sa-test@project.serviceaccount.d21s.com";
 pub const SECRET: &str = "sUp3r-s3cr3t-hmac-key-0123456789";

@@ -42,6 +42,12 @@ impl Jws {
         self
     }
 
+    /// Leaves out `jti`: DT's assertions have none unless asked for.
+    pub(crate) fn without_jti(mut self) -> Self {
+        self.claims.remove("jti");
+        self
+    }
+
     /// Sets the extra claims a user asked for; `iat`, `exp` and `jti` stay the crate's.
     pub(crate) fn extra(mut self, extra: &[(String, Value)]) -> Self {
         for (name, value) in extra {
@@ -53,13 +59,21 @@ impl Jws {
     }
 }
 
-/// Signs `jws` with `signer`: `timeout` bounds the signer's call.
+/// Signs `jws` with `signer`: `timeout` bounds the signer's call. The header is `alg`,
+/// `kid` (if any), `typ: JWT`, and the certificate thumbprints (if any), keys in
+/// lexicographic order — for DT, `{"alg":"HS256","kid":KEY_ID,"typ":"JWT"}`.
 pub(crate) async fn mint(signer: &dyn Signer, jws: Jws, timeout: Duration) -> Result<SecretString> {
     let mut header = Map::new();
     header.insert("alg".into(), json!(signer.algorithm().name()));
     header.insert("typ".into(), json!("JWT"));
     if let Some(kid) = signer.key_id() {
         header.insert("kid".into(), json!(kid));
+    }
+    if let Some(x5t) = signer.x5t_s256() {
+        header.insert("x5t#S256".into(), json!(x5t));
+    }
+    if let Some(x5t) = signer.x5t() {
+        header.insert("x5t".into(), json!(x5t));
     }
     let encode = |value: &Map<String, Value>| {
         serde_json::to_vec(value)
@@ -71,7 +85,12 @@ pub(crate) async fn mint(signer: &dyn Signer, jws: Jws, timeout: Duration) -> Re
     jwt.push_str(&encode(&jws.claims)?);
     let signature = tokio::time::timeout(timeout, signer.sign(jwt.as_bytes()))
         .await
-        .map_err(|_| Error::SignerTimeout(timeout))??;
+        .map_err(|_| Error::SignerTimeout(timeout))?
+        .map_err(|e| match e {
+            // A signer's own error says so: "the signer failed: …".
+            Error::Source { source, transient } => Error::Signer { source, transient },
+            other => other,
+        })?;
     if signature.is_empty() {
         return Err(Error::Signing(
             "the signer returned an empty signature".into(),
@@ -83,7 +102,7 @@ pub(crate) async fn mint(signer: &dyn Signer, jws: Jws, timeout: Duration) -> Re
 }
 
 /// `iat` for an assertion signed now: Unix seconds, backdated by [`IAT_BACKDATE`].
-pub(crate) fn backdated_iat() -> Result<u64> {
+fn backdated_iat() -> Result<u64> {
     Ok(SystemTime::now()
         .checked_sub(IAT_BACKDATE)
         .unwrap_or(UNIX_EPOCH)
