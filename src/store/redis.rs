@@ -655,6 +655,8 @@ struct Slot {
     runtime: tokio::runtime::Id,
     /// Dead once the runtime shut down (a task of it holds the other end).
     alive: Weak<()>,
+    /// Ends that task when the slot goes (the store is dropped): dropped, it wakes it.
+    _stop: tokio::sync::oneshot::Sender<()>,
     /// The connection, its generation and whether it carries notifications (RESP3).
     conn: Option<(u64, Conn, bool)>,
     /// The channels this connection is subscribed to.
@@ -696,14 +698,16 @@ impl Connections {
         }
         let alive = Arc::new(());
         let runtime_alive = Arc::downgrade(&alive);
-        // Dropped with the runtime's tasks when it shuts down.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Dropped with the runtime's tasks when it shuts down; ends when the store goes.
         drop(tokio::spawn(async move {
             let _alive = alive;
-            std::future::pending::<()>().await;
+            let _ = stopped.await;
         }));
         slots.push(Slot {
             runtime,
             alive: runtime_alive,
+            _stop: stop,
             conn: Some((generation, conn.clone(), push)),
             subscribed: HashSet::new(),
         });
