@@ -291,3 +291,52 @@ async fn twenty_processes_calling_an_always_401_api_make_a_handful_of_token_requ
     );
     assert!(token_requests <= 5, "{token_requests} token requests");
 }
+
+/// Waiting processes are woken by the store (pub/sub) when the holder stores the token, not
+/// by their next poll: with a 400 ms fetch, polling waiters sit in waits of 125–250 ms by
+/// then. Four waiters, each with its own store and connection, must all have the token
+/// within 50 ms of the holder's; without notifications they are printed for comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_processes_are_woken_by_the_store_not_by_their_next_poll() {
+    let redis = RedisServer::start();
+    let mut report = Vec::new();
+    for notified in [true, false] {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let providers: Vec<TokenProvider> = (0..5)
+            .map(|_| {
+                let fetches = fetches.clone();
+                TokenProvider::builder(move || {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        AccessToken::new("woken", Duration::from_secs(3600))
+                    }
+                })
+                .store(sealed_store(&redis, "woken:").notifications(notified))
+                .store_key(format!("woken-{notified}"))
+                .try_build()
+                .unwrap()
+            })
+            .collect();
+        let started = Instant::now();
+        let done: Vec<Duration> = join_all(providers.iter().map(|provider| async move {
+            provider.token().await.unwrap();
+            started.elapsed()
+        }))
+        .await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch fleet-wide");
+        let first = *done.iter().min().unwrap();
+        let last_after_first = done.iter().max().unwrap().saturating_sub(first);
+        report.push(format!(
+            "notifications {notified}: the last waiter had the token {last_after_first:?} after \
+             the first process"
+        ));
+        if notified {
+            assert!(
+                last_after_first < Duration::from_millis(50),
+                "{last_after_first:?}"
+            );
+        }
+    }
+    println!("{}", report.join("; "));
+}
