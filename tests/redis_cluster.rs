@@ -133,3 +133,50 @@ fn eight_processes_sharing_a_refresh_token_series_on_a_cluster_rotate_it_without
     assert_eq!(printed(&text, "invalid_grant: "), 0, "{text}");
     assert_eq!(printed(&text, "reuse detections: "), 0, "{text}");
 }
+
+/// On a cluster too, waiting processes are woken by the store (a `PUBLISH` from the script
+/// that stores the token reaches every node), not by their next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_processes_on_a_cluster_are_woken_by_the_store() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use token_refresh::store::RedisStore;
+    use token_refresh::{AccessToken, TokenProvider};
+
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let providers: Vec<TokenProvider> = (0..5)
+        .map(|_| {
+            let fetches = fetches.clone();
+            TokenProvider::builder(move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    AccessToken::new("woken", Duration::from_secs(3600))
+                }
+            })
+            .store(
+                RedisStore::cluster(&cluster.urls)
+                    .unwrap()
+                    .encryption_key([8; 32]),
+            )
+            .store_key("woken")
+            .try_build()
+            .unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    let done: Vec<Duration> = join_all(providers.iter().map(|provider| async move {
+        provider.token().await.unwrap();
+        started.elapsed()
+    }))
+    .await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch fleet-wide");
+    let first = *done.iter().min().unwrap();
+    let spread = done.iter().max().unwrap().saturating_sub(first);
+    println!("on a cluster, the last waiter had the token {spread:?} after the first process");
+    assert!(spread < Duration::from_millis(50), "{spread:?}");
+    assert!(providers.iter().all(|p| p.health().store_ok == Some(true)));
+}
