@@ -104,7 +104,7 @@ pub enum Error {
     },
 
     /// The token endpoint answered with an RFC 6749 §5.2 error response.
-    #[error("token endpoint rejected the request (HTTP {status}): {error}{}", fmt_description(description.as_deref()))]
+    #[error("token endpoint rejected the request (HTTP {status}): {error}{}{}", fmt_description(description.as_deref()), hint(error))]
     OAuth {
         /// The HTTP status code (an error may come with 200, too).
         status: u16,
@@ -347,6 +347,19 @@ fn plural(n: usize) -> &'static str {
 
 fn fmt_description(description: Option<&str>) -> String {
     description.map(|d| format!(": {d}")).unwrap_or_default()
+}
+
+/// What to check for an OAuth2 `error` whose own words rarely say: the server knows which
+/// credential it refused, but seldom tells.
+fn hint(error: &str) -> &'static str {
+    match error {
+        "invalid_client" => {
+            " (check the client id and secret, the key or certificate registered for the \
+             client, and the authentication method: ClientAuth::Basic, Post, PrivateKeyJwt or \
+             ClientSecretJwt, as the client is registered)"
+        }
+        _ => "",
+    }
 }
 
 impl Error {

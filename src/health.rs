@@ -6,8 +6,8 @@
 //!
 //! With the `metrics` feature, every provider records these through whatever recorder the
 //! application installed (Prometheus, StatsD, …). Each carries the label `provider`: the
-//! name set with [`TokenProviderBuilder::name`](crate::TokenProviderBuilder::name)
-//! (`default` if none).
+//! name set with [`TokenProviderBuilder::name`](crate::TokenProviderBuilder::name) (by
+//! default the source's: the token endpoint's host and the client id or issuer).
 //!
 //! | name | kind | unit | labels | what |
 //! |---|---|---|---|---|
@@ -17,6 +17,7 @@
 //! | `token_refresh_forced_refreshes_total` | counter | refreshes | `reason` = `revoked`, `rejected` | refreshes forced by a rejection (HTTP 401, gRPC 16) of a token the API had accepted before (`revoked`) or not (`rejected`) |
 //! | `token_refresh_forced_refreshes_suppressed_total` | counter | rejections | | rejections the storm guard answered without a refresh |
 //! | `token_refresh_resends_total` | counter | requests | | requests resent with a fresh token after a rejection |
+//! | `token_refresh_dpop_nonce_resends_total` | counter | requests | | requests the integrations sent again with the server's DPoP nonce (a 401 `use_dpop_nonce`): same token, new proof |
 //! | `token_refresh_token_expires_at_seconds` | gauge | seconds since the Unix epoch | | when the cached token expires, set at each refresh |
 //! | `token_refresh_store_ok` | gauge | 0 or 1 | | with a [token store](crate::store): 1 while its last call worked (from the provider's start), 0 while it fails or times out |
 //! | `token_refresh_store_errors_total` | counter | calls | | token store calls that failed or timed out (not the once-a-second probe of a store that is down) |
@@ -145,6 +146,9 @@ pub struct Health {
     pub token_requests: u64,
     /// Refreshes forced by rejections so far.
     pub forced_refreshes: u64,
+    /// Requests the integrations sent again with the server's DPoP nonce (a 401
+    /// `use_dpop_nonce`), with the same token and a new proof, so far.
+    pub dpop_nonce_resends: u64,
     /// Time left of a cool-down after a failed refresh, during which callers without a
     /// usable token get `last_error` at once.
     pub cooling_down_for: Option<Duration>,
@@ -178,7 +182,7 @@ impl Serialize for Health {
                 .unwrap_or_default()
                 .as_secs()
         };
-        let mut s = serializer.serialize_struct("Health", 15)?;
+        let mut s = serializer.serialize_struct("Health", 16)?;
         s.serialize_field("ready", &self.is_ready())?;
         s.serialize_field("token_cached", &self.token_cached)?;
         s.serialize_field("expires_in_seconds", &secs(self.expires_in))?;
@@ -193,6 +197,7 @@ impl Serialize for Health {
         s.serialize_field("last_refresh_unix_seconds", &self.last_refresh.map(unix))?;
         s.serialize_field("token_requests", &self.token_requests)?;
         s.serialize_field("forced_refreshes", &self.forced_refreshes)?;
+        s.serialize_field("dpop_nonce_resends", &self.dpop_nonce_resends)?;
         s.serialize_field("cooling_down_for_seconds", &secs(self.cooling_down_for))?;
         s.serialize_field("store_ok", &self.store_ok)?;
         s.serialize_field("store_error", &self.store_error)?;
@@ -322,6 +327,16 @@ impl Metrics {
         metrics::counter!("token_refresh_resends_total", "provider" => self.provider.clone())
             .increment(1);
     }
+
+    /// A request is resent with the server's DPoP nonce.
+    pub(crate) fn nonce_resend(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "token_refresh_dpop_nonce_resends_total",
+            "provider" => self.provider.clone()
+        )
+        .increment(1);
+    }
 }
 
 /// Describes every metric (its `# HELP` text and unit) to the installed recorder.
@@ -356,6 +371,11 @@ fn describe() {
         "token_refresh_resends_total",
         Unit::Count,
         "Requests resent with a fresh token after a rejection"
+    );
+    describe_counter!(
+        "token_refresh_dpop_nonce_resends_total",
+        Unit::Count,
+        "Requests sent again with the server's DPoP nonce (same token, new proof)"
     );
     describe_gauge!(
         "token_refresh_store_ok",

@@ -513,6 +513,9 @@ where
                                 let replayable =
                                     resend.as_ref().is_some_and(|r| r.body.can_replay());
                                 if nonce {
+                                    if replayable {
+                                        policy.nonce_resend();
+                                    }
                                     return (Ok(replayable.then_some(token)), resend);
                                 }
                                 let fresh =

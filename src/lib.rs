@@ -5,9 +5,55 @@
 //! crate caches it, refreshes it before it expires (in the background, so no request
 //! waits), shares one refresh among all callers, attaches `Authorization: Bearer …` to every
 //! request and resends a request once when the server rejects its token. It works out of the
-//! box for [Disruptive Technologies] service accounts and for any OAuth2 token endpoint.
+//! box for [Disruptive Technologies] service accounts and for any OAuth2 token endpoint, with
+//! sender-constrained DPoP tokens ([RFC 9449], [`dpop`]) and a fleet that shares one token
+//! ([`store`]).
+//!
+//! ```toml
+//! [dependencies]
+//! token-refresh = "0.1"
+//! # The versions it plugs into: an AuthMiddleware needs reqwest-middleware 0.5 (over
+//! # reqwest 0.13), an AuthLayer tower 0.5 (and tonic 0.14 for a Channel), the metrics
+//! # feature the metrics 0.24 facade (metrics-exporter-prometheus 0.18 renders it).
+//! reqwest = "0.13"
+//! reqwest-middleware = "0.5"
+//! tower = "0.5"
+//! tonic = "0.14"    # with features = ["tonic"]
+//! metrics = "0.24"  # with features = ["metrics"]
+//!
+//! [dev-dependencies]
+//! token-refresh-emulator = "0.1" # the offline identity service the examples below run against
+//! ```
+//!
+//! Each integration with exactly those versions (compile-checked):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "reqwest", feature = "tonic", feature = "metrics"))]
+//! # async fn wire(provider: token_refresh::TokenProvider) -> Result<(), Box<dyn std::error::Error>> {
+//! use token_refresh::{AuthLayer, AuthMiddleware};
+//!
+//! // reqwest 0.13 with reqwest-middleware 0.5
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(AuthMiddleware::new(provider.clone()))
+//!     .build();
+//! // tower 0.5 over a tonic 0.14 `Channel`
+//! let channel = tonic::transport::Endpoint::from_static("https://grpc.example.com").connect_lazy();
+//! let channel = tower::ServiceBuilder::new()
+//!     .layer(AuthLayer::new(provider))
+//!     .service(channel);
+//! // metrics 0.24: the providers record through the recorder the application installs
+//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+//! # drop((client, channel, prometheus)); Ok(()) }
+//! # fn main() {}
+//! ```
+//!
+//! Another major version of any of them builds a second copy that does not fit: with
+//! reqwest-middleware 0.4, `.with(AuthMiddleware::new(..))` fails with "the trait
+//! `Middleware` is not satisfied"; with an exporter built on metrics 0.23, the metrics go to a
+//! recorder nobody reads. `cargo tree -d` shows such doubles.
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
+//! [RFC 9449]: https://www.rfc-editor.org/rfc/rfc9449
 //! [Disruptive Technologies]: https://developer.disruptive-technologies.com
 //!
 //! # Which type to reach for
@@ -17,6 +63,8 @@
 //! | a DT service account (`DT_SERVICE_ACCOUNT_*` or `DT_CREDENTIALS_FILE`) | [`TokenProvider::discover`] |
 //! | a service account signing JWTs for another server | [`ServiceAccount`] + [`JwtBearer`] |
 //! | an assertion signed elsewhere and rotated on disk (Kubernetes, workload identity) | [`JwtBearer::from_assertion_file`] |
+//! | a Google service account key file | [`JwtBearer::google_service_account`] |
+//! | a private key (RSA, P-256, Ed25519), a certificate for Entra, or a KMS | [`SigningKey`], [`Signer`], [`JwtBearer::signed_by`], [`ClientAuth::PrivateKeyJwt`] |
 //! | an OAuth2 client id and secret | [`ClientCredentials`] |
 //! | a refresh token, rotated safely across processes | [`RefreshToken`] |
 //! | a workload token exchanged (RFC 8693: Kubernetes, GitHub Actions) | [`TokenExchange`] |
@@ -24,6 +72,8 @@
 //! | another grant | [`TokenEndpoint`], wrapped in a closure |
 //! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
 //! | the cache and refresh policy around any of them | [`TokenProvider`] |
+//! | sender-constrained tokens (DPoP, RFC 9449) | [`dpop::DpopKey`], with `dpop(key)` on the grant |
+//! | replicas, CronJobs or CLIs sharing one token and one refresh | [`store::RedisStore`], [`store::FileStore`], [`TokenProviderBuilder::store`] |
 //! | a `reqwest` client | [`AuthMiddleware`] (feature `reqwest`) |
 //! | a tower stack: hyper-util's client, a tonic `Channel`, a proxy | [`AuthLayer`] (feature `tower`, `tonic` for tonic's body) |
 //! | a readiness probe or a dashboard | [`TokenProvider::health`], the `metrics` feature |
@@ -113,6 +163,7 @@
 //! | `native-tls` | no | TLS through the platform's library; with `default-features = false`, no aws-lc is built |
 //! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel` |
 //! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
+//! | `redis` | no | [`store::RedisStore`]: one token for a fleet of processes on many hosts |
 //!
 //! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there, and every key
 //! type signs in every feature combination: aws-lc-rs when `aws-lc` is on, the RustCrypto
@@ -135,30 +186,51 @@
 //! # What it logs
 //!
 //! Through [`tracing`](https://docs.rs/tracing), never with a secret, an assertion or a
-//! token in a field. A refresh runs in a span `token_refresh` (fields `provider`,
-//! `refresh_id`, `background`) that follows from the span of the caller that started it.
+//! token in a field. Messages are constant, so that they can be searched; what varies is in
+//! fields. Every refresh logs one line at INFO when it ends with a token, or one at WARN when
+//! it fails, with the provider's name (`provider`: [`TokenProviderBuilder::name`], by default
+//! the token endpoint's host and the client id or issuer) and why it ran (`reason`):
+//!
+//! | `reason` | the refresh ran because |
+//! |---|---|
+//! | `first` | no token was ever obtained |
+//! | `proactive` | the token reached its proactive refresh point (in the background, callers keep the old one) |
+//! | `expired` | the token reached its hard margin |
+//! | `revoked` | the API rejected a token it had accepted before ([`TokenProvider::reject`], both integrations) |
+//! | `rejected` | the API rejected a token it never accepted, within the storm guard |
+//! | `invalidated` | [`TokenProvider::invalidate`] dropped the token |
+//! | `min-validity` | a caller needs a token that lasts longer ([`MinValidity`], [`TokenProvider::token_valid_for`]) |
+//!
+//! `from` says who served it: `token endpoint`, or `token store` (another process of the
+//! fleet fetched it). A refresh runs in a span `token_refresh` at DEBUG level (fields
+//! `provider`, `refresh_id`, `background`), which follows from the span of the caller that
+//! started it.
 //!
 //! | level | message | fields |
 //! |---|---|---|
-//! | DEBUG | `token refresh started` | |
-//! | INFO | `access token refreshed` | `attempt`, `expires_in_secs` |
-//! | WARN | `token request failed; retrying` | `attempt`, `error`, `retry_in_ms` |
-//! | WARN | `token refresh failed` | `attempt`, `error` |
+//! | INFO | `access token refreshed` | `provider`, `reason`, `from`, `attempt`, `expires_in_secs` |
+//! | WARN | `token refresh failed` | `provider`, `reason`, `attempt`, `error` |
+//! | WARN | `token request failed; retrying` | `provider`, `attempt`, `error`, `retry_in_ms` |
+//! | DEBUG | `token refresh started` | `reason` |
 //! | ERROR | `the token source panicked during a refresh` | |
 //! | DEBUG | `access token nears expiry: refreshing it in the background` | |
 //! | WARN | `the token refresh is stranded on a Tokio runtime that no longer runs it; restarting it on this one` | `refresh_id` |
 //! | DEBUG | `token refresh dropped with its runtime; a waiting caller restarts it` | |
-//! | DEBUG | `access token invalidated` | |
-//! | INFO | `access token rejected by the server: refreshing it` | `next_forced_refresh_in_ms` |
-//! | DEBUG | `rejected access token kept: a refresh was forced moments ago` | `retry_in_ms` |
+//! | DEBUG | `access token invalidated` | `provider` |
+//! | DEBUG | `access token revoked by the server: refreshing it` | |
+//! | DEBUG | `access token rejected by the server: refreshing it` | `next_forced_refresh_in_ms` |
+//! | DEBUG | `rejected access token kept: a refresh was forced moments ago` | `retry_in_ms`, `accepted_before` |
 //! | DEBUG | `token rejected for a request that cannot be replayed: returning it` | |
 //! | DEBUG | `token rejected, but the provider has no newer one: returning it` | |
 //! | DEBUG | `token rejected: resending once with a fresh one` | |
+//! | DEBUG | `the token endpoint wants a DPoP nonce: sending the request again with it` | |
 //! | WARN | `token endpoint claims an implausibly long lifetime; capping it` | `expires_in`, `cap` |
+//! | DEBUG | `server metadata fetched` | `issuer`, `url` |
+//! | WARN | `re-fetching the server's metadata failed: using what it said before` | `issuer`, `error` |
 //! | ERROR | `the token provider cannot use its token store` | `error` |
-//! | WARN | `the token store failed: fetching tokens without it until it answers again` | `key`, `error` |
-//! | INFO | `the token store answers again` | `key` |
-//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `key`, `waited_ms` |
+//! | WARN | `the token store failed: fetching tokens without it until it answers again` | `provider`, `key`, `operation`, `error` (once per outage) |
+//! | INFO | `the token store answers again` | `provider`, `key` |
+//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `provider`, `key`, `waited_ms` |
 //! | DEBUG | `the token store did not renew the refresh lease (lost, or a store that cannot renew): another process may fetch too` | `key` |
 //! | DEBUG | `access token taken from the token store` | `key` |
 //! | DEBUG | `a stored entry did not open or has expired: ignored` | `key` |
@@ -220,8 +292,8 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use exchange::parse_token_response;
 pub use exchange::{TokenEndpoint, TokenRequest, TokenResponse};
-pub use grants::client::OAuthClient;
-pub use grants::client_credentials::{ClientAuth, ClientCredentials};
+pub use grants::client::{ClientAuth, OAuthClient};
+pub use grants::client_credentials::ClientCredentials;
 pub use grants::google::ENV_GOOGLE_APPLICATION_CREDENTIALS;
 pub use grants::jwt_bearer::JwtBearer;
 pub use grants::refresh_token::RefreshToken;

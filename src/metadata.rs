@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::exchange::{GetError, TokenEndpoint};
+use crate::exchange::http::{GetError, Http};
 
 /// What an authorization server says about itself: from
 /// [`TokenEndpoint::metadata`](crate::TokenEndpoint::metadata).
@@ -144,14 +144,14 @@ impl Discovery {
 
     /// The metadata, fetched if there is none or it is older than the TTL (one fetch at a
     /// time). A failed re-fetch that may be transient keeps the metadata it had.
-    pub(crate) async fn metadata(&self, endpoint: &TokenEndpoint) -> Result<Arc<ServerMetadata>> {
+    pub(crate) async fn metadata(&self, http: &Http) -> Result<Arc<ServerMetadata>> {
         let mut cache = self.cache.lock().await;
         if let Some((metadata, at)) = &*cache
             && at.elapsed() < self.ttl
         {
             return Ok(Arc::clone(metadata));
         }
-        match self.fetch(endpoint).await {
+        match self.fetch(http).await {
             Ok(metadata) => {
                 let metadata = Arc::new(metadata);
                 *cache = Some((Arc::clone(&metadata), Instant::now()));
@@ -167,10 +167,10 @@ impl Discovery {
         }
     }
 
-    async fn fetch(&self, endpoint: &TokenEndpoint) -> Result<ServerMetadata> {
+    async fn fetch(&self, http: &Http) -> Result<ServerMetadata> {
         let mut last = None;
         for url in well_known_urls(&self.issuer)? {
-            match endpoint.get_json(&url, None).await {
+            match http.get_json(&url, None).await {
                 Ok(json) => {
                     tracing::debug!(issuer = %self.issuer, %url, "server metadata fetched");
                     return ServerMetadata::parse(&self.issuer, &json);

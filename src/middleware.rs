@@ -194,22 +194,25 @@ impl Middleware for AuthMiddleware {
             .attach(req.headers_mut(), &method, &uri, &token)
             .map_err(token_error)?;
         set_remaining(&mut req, deadline);
-        let grpc = AuthPolicy::is_grpc(req.headers());
-        // The URL is kept for the resend, and to tell whether a redirect took the request
-        // to another origin: the one allocation of this path.
-        let url = req.url().clone();
+        let sent = Sent {
+            // Kept for the resend, and to tell whether a redirect took the request to another
+            // origin: the one allocation of this path.
+            url: req.url().clone(),
+            deadline,
+            grpc: AuthPolicy::is_grpc(req.headers()),
+        };
         let replay = Resend::of(&req);
         let mut response = next.clone().run(req, extensions).await?;
         // The token that authorized the response, for a caller whose long response (a
         // stream) later fails in-band and must `reject` exactly that token.
         response.extensions_mut().insert(token.clone());
-        if !same_origin(response.url(), &url) {
+        if !same_origin(response.url(), &sent.url) {
             // A redirect took the request elsewhere: this answer says nothing of the token.
             return Ok(response);
         }
         self.policy
             .note_nonce(origin.as_deref(), response.headers());
-        match AuthPolicy::verdict(response.status(), response.headers(), grpc) {
+        match AuthPolicy::verdict(response.status(), response.headers(), sent.grpc) {
             Verdict::Accepted => {
                 token.mark_accepted();
                 return Ok(response);
@@ -221,11 +224,8 @@ impl Middleware for AuthMiddleware {
                     return Ok(response);
                 };
                 drop(response);
-                return self
-                    .resend(
-                        replay, url, &method, token, deadline, grpc, next, extensions,
-                    )
-                    .await;
+                self.policy.nonce_resend();
+                return self.resend(replay, sent, token, next, extensions).await;
             }
             Verdict::Nonce | Verdict::Rejected => {}
         }
@@ -237,10 +237,7 @@ impl Middleware for AuthMiddleware {
         match (fresh, replay) {
             (Some(fresh), Some(replay)) => {
                 drop(response);
-                self.resend(
-                    replay, url, &method, fresh, deadline, grpc, next, extensions,
-                )
-                .await
+                self.resend(replay, sent, fresh, next, extensions).await
             }
             _ => Ok(response),
         }
@@ -248,21 +245,19 @@ impl Middleware for AuthMiddleware {
 }
 
 impl AuthMiddleware {
-    /// Sends `replay` again with `token` (a fresh one after a rejection, the same one with
-    /// the server's DPoP nonce) and reports its answer: there is no second resend.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `replay` of the request `sent` again with `token` (a fresh one after a
+    /// rejection, the same one with the server's DPoP nonce) and reports its answer: there
+    /// is no second resend.
     async fn resend(
         &self,
         replay: Resend,
-        url: reqwest::Url,
-        method: &reqwest::Method,
+        sent: Sent,
         token: AccessToken,
-        deadline: Option<Instant>,
-        grpc: bool,
         next: Next<'_>,
         extensions: &mut Extensions,
     ) -> reqwest_middleware::Result<Response> {
-        let mut replay = replay.into_request(url);
+        let method = replay.method.clone();
+        let mut replay = replay.into_request(sent.url);
         let uri = if token.dpop_key().is_some() {
             url_to_uri(replay.url())
         } else {
@@ -270,13 +265,13 @@ impl AuthMiddleware {
         };
         let origin = self
             .policy
-            .attach(replay.headers_mut(), method, &uri, &token)
+            .attach(replay.headers_mut(), &method, &uri, &token)
             .map_err(token_error)?;
-        set_remaining(&mut replay, deadline);
+        set_remaining(&mut replay, sent.deadline);
         let mut response = next.run(replay, extensions).await?;
         self.policy
             .note_nonce(origin.as_deref(), response.headers());
-        let verdict = AuthPolicy::verdict(response.status(), response.headers(), grpc);
+        let verdict = AuthPolicy::verdict(response.status(), response.headers(), sent.grpc);
         self.policy.after_resend(&token, verdict);
         response.extensions_mut().insert(token);
         Ok(response)
@@ -311,6 +306,13 @@ impl std::error::Error for TokenError {
 
 fn token_error(error: crate::Error) -> reqwest_middleware::Error {
     reqwest_middleware::Error::middleware(TokenError(error))
+}
+
+/// What the first send of a request was: its URL, its deadline, whether it is gRPC.
+struct Sent {
+    url: reqwest::Url,
+    deadline: Option<Instant>,
+    grpc: bool,
 }
 
 /// What it takes to send a request again, kept when its body can be cloned (any body but a

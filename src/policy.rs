@@ -350,6 +350,12 @@ impl AuthPolicy {
         Ok(Some(fresh))
     }
 
+    /// A request goes out again with the server's DPoP nonce: counted for `Health` and the
+    /// metrics.
+    pub(crate) fn nonce_resend(&self) {
+        self.provider.record_nonce_resend();
+    }
+
     /// After the resend with `fresh`: records what its answer says of that token. A rejection
     /// is reported to the provider like any other, so that a fresh token the API refuses
     /// before it ever worked tells the storm guard that refreshing does not help; there is

@@ -47,6 +47,14 @@ pub trait TokenSource: Send + Sync + 'static {
         let _ = store;
     }
 
+    /// A short name for logs and metrics, with no secret in it: the built-in grants give the
+    /// token endpoint's host and who asks, e.g. `auth.example.com/my-client`. A provider
+    /// built without [`name`](crate::TokenProviderBuilder::name) is named by it. Default:
+    /// `None` (the provider is then named `default`).
+    fn name(&self) -> Option<String> {
+        None
+    }
+
     /// The DPoP key this source's tokens are bound to, if it asks for DPoP-bound tokens: a
     /// provider with a store binds a stored DPoP token to it again (and ignores one bound
     /// to another key). The built-in grants give their endpoint's

@@ -137,6 +137,16 @@ impl AccessToken {
         self.inner.dpop.as_ref()
     }
 
+    /// The token's type, as the `Authorization` header names it: `DPoP` for a token bound
+    /// to a [DPoP key](Self::dpop_key), else `Bearer` (RFC 6749 §7.1).
+    pub fn token_type(&self) -> &'static str {
+        if self.inner.dpop.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
+
     /// The token itself. Keep it out of logs.
     pub fn expose_secret(&self) -> &str {
         self.inner.value.expose_secret()

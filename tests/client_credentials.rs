@@ -236,6 +236,14 @@ async fn invalid_client_and_invalid_scope_fail_at_once_with_the_servers_text() {
             .client_auth(ClientAuth::Post);
         let provider = TokenProvider::new(source);
         let error = token_of(&provider).await.unwrap_err();
+        if code == "invalid_client" {
+            assert!(
+                error
+                    .to_string()
+                    .contains("check the client id and secret, the key"),
+                "says what to check: {error}"
+            );
+        }
         assert_eq!(
             server.requests(),
             1,

@@ -64,7 +64,7 @@ async fn metadata_naming_another_issuer_is_refused_and_nothing_is_sent() {
 async fn the_metadata_says_what_the_server_supports() {
     let emulator = Emulator::start().await.unwrap();
     let endpoint = TokenEndpoint::discover(emulator.issuer());
-    let metadata = endpoint.metadata().await.unwrap().unwrap();
+    let metadata = endpoint.metadata().await.unwrap();
     assert_eq!(metadata.issuer(), emulator.issuer());
     assert_eq!(metadata.token_endpoint(), emulator.token_url());
     assert!(
@@ -80,12 +80,13 @@ async fn the_metadata_says_what_the_server_supports() {
             .any(|a| a == "ES256")
     );
     assert!(metadata.grant_types().iter().any(|g| g == "refresh_token"));
+    let error = TokenEndpoint::new(emulator.token_url())
+        .metadata()
+        .await
+        .unwrap_err();
     assert!(
-        TokenEndpoint::new(emulator.token_url())
-            .metadata()
-            .await
-            .unwrap()
-            .is_none()
+        matches!(error, token_refresh::Error::Config(_)) && error.to_string().contains("discover"),
+        "{error}"
     );
 }
 

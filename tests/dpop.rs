@@ -201,6 +201,7 @@ mod against_the_emulator {
             Some(key.thumbprint())
         );
         assert!(token.header_value().to_str().unwrap().starts_with("DPoP "));
+        assert_eq!(token.token_type(), "DPoP");
         assert_eq!(emulator.stats().dpop_tokens, 1);
         // Sent as a bearer token, a bound token is refused (RFC 9449 §7.1).
         let status = reqwest::Client::new()
@@ -365,12 +366,68 @@ mod against_the_emulator {
         let lenient = ClientCredentials::new(endpoint.dpop_allow_bearer(true), "id", "secret");
         let token = lenient.fetch_token().await.unwrap();
         assert!(token.dpop_key().is_none());
+        assert_eq!(token.token_type(), "Bearer");
+        // The order of the two settings does not matter.
+        let allowed_first = token_refresh::TokenEndpoint::new(server.url("/token"))
+            .dpop_allow_bearer(true)
+            .dpop(key.clone());
+        ClientCredentials::new(allowed_first, "id", "secret")
+            .fetch_token()
+            .await
+            .unwrap();
         assert!(
             token
                 .header_value()
                 .to_str()
                 .unwrap()
                 .starts_with("Bearer ")
+        );
+    }
+
+    /// A token endpoint that echoes the DPoP header in its error: the proof, a credential
+    /// for a minute, appears nowhere in the error.
+    #[tokio::test]
+    async fn a_proof_echoed_by_the_token_endpoint_is_scrubbed_from_the_error() {
+        use token_refresh_emulator::{Answer, ScriptedServer};
+
+        let server = ScriptedServer::start(|request| {
+            let proof = request.header("dpop").unwrap_or_default();
+            Answer::json(
+                400,
+                serde_json::json!({
+                    "error": "invalid_dpop_proof",
+                    "error_description": format!("the proof {proof} does not verify"),
+                }),
+            )
+        })
+        .await
+        .unwrap();
+        let source =
+            ClientCredentials::new(server.url("/token"), "id", "secret").dpop(DpopKey::generate());
+        let error = TokenProvider::new(source).token().await.unwrap_err();
+        let proof = server.received()[0].header("dpop").unwrap().to_owned();
+        let text = format!("{error} {error:?}");
+        assert!(text.contains("does not verify"), "{text}");
+        for part in proof.split('.') {
+            assert!(!text.contains(part), "the proof shows: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_grant_asks_for_dpop_bound_tokens() {
+        let emulator = Emulator::start().await.unwrap();
+        let key = DpopKey::generate();
+        let source = token_refresh::RefreshToken::new(
+            emulator.token_url(),
+            token_refresh::OAuthClient::new(emulator.client_id(), emulator.client_secret()),
+            emulator.issue_refresh_token(),
+        )
+        .dpop(key.clone());
+        let token = TokenProvider::new(source).token().await.unwrap();
+        assert_eq!(token.token_type(), "DPoP");
+        assert_eq!(
+            token.dpop_key().map(DpopKey::thumbprint),
+            Some(key.thumbprint())
         );
     }
 

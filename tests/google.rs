@@ -7,8 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use token_refresh::{Error, JwtBearer, SigningKey, TokenProvider};
-use token_refresh_emulator::Emulator;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use token_refresh_emulator::{Answer, Emulator, ScriptedServer};
 
 const EMAIL: &str = "robot@my-project.iam.gserviceaccount.com";
 const KEY_ID: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -41,42 +40,16 @@ fn write(name: &str, value: &Value) -> PathBuf {
     path
 }
 
-/// A one-shot token server that hands the request body to the test.
-async fn capture_one() -> (String, tokio::sync::oneshot::Receiver<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0; 4096];
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if request.len() >= end + 4 + length {
-                    let _ = tx.send(text[end + 4..end + 4 + length].to_owned());
-                    break;
-                }
-            }
-        }
-        let body = r#"{"access_token":"ya29.token","token_type":"Bearer","expires_in":3599}"#;
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        socket.write_all(response.as_bytes()).await.unwrap();
-    });
-    (url, rx)
+/// A token server that answers every request with a token and keeps what it received.
+async fn capture() -> ScriptedServer {
+    ScriptedServer::start(|_| {
+        Answer::json(
+            200,
+            r#"{"access_token":"ya29.token","token_type":"Bearer","expires_in":3599}"#,
+        )
+    })
+    .await
+    .unwrap()
 }
 
 fn decode_part(part: &str) -> Value {
@@ -85,15 +58,17 @@ fn decode_part(part: &str) -> Value {
 
 #[tokio::test]
 async fn the_assertion_has_googles_header_and_claims() {
-    let (url, body) = capture_one().await;
-    let path = write("claims", &key_file(&url));
+    let server = capture().await;
+    let path = write("claims", &key_file(&server.url("/token")));
     let provider = TokenProvider::new(JwtBearer::google_service_account(&path, [SCOPE]).unwrap());
     assert_eq!(
         provider.token().await.unwrap().expose_secret(),
         "ya29.token"
     );
 
-    let body = body.await.unwrap();
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    let body = received[0].text();
     let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
@@ -117,7 +92,7 @@ async fn the_assertion_has_googles_header_and_claims() {
     assert_eq!(header["typ"], "JWT");
     let claims = decode_part(parts[1]);
     assert_eq!(claims["iss"], EMAIL);
-    assert_eq!(claims["aud"], url.as_str());
+    assert_eq!(claims["aud"], server.url("/token").as_str());
     assert_eq!(claims["scope"], SCOPE);
     let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
     assert!(

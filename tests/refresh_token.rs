@@ -62,7 +62,7 @@ async fn scope_and_client_assertions_go_with_every_refresh() {
     let emulator = Emulator::start().await.unwrap();
     let source = RefreshToken::new(
         emulator.token_url(),
-        OAuthClient::with_auth(
+        OAuthClient::with_client_auth(
             emulator.client_id(),
             ClientAuth::client_secret_jwt(emulator.client_secret()),
         ),

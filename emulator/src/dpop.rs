@@ -10,8 +10,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-use super::jwt;
-use super::validate::LEEWAY_SECS;
+use super::jwt::{self, LEEWAY_SECS};
 
 /// The emulator's DPoP state: the nonce it demands and the proofs it has seen.
 #[derive(Default)]

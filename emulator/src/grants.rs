@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use super::form::Rejection;
-use super::server::TOKEN_PATH;
+use super::routes::TOKEN_PATH;
 
 /// Refresh tokens by family: each refresh spends one and issues the next in its family;
 /// spending one twice revokes the family, as Auth0 and Okta do.

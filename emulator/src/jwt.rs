@@ -17,6 +17,10 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use sha2::Digest as _;
 
+/// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
+/// give.
+pub(crate) const LEEWAY_SECS: u64 = 60;
+
 /// Why a JWT was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Invalid {
@@ -167,4 +171,19 @@ pub(crate) fn thumbprint(jwk: &Value) -> Option<String> {
         _ => return None,
     };
     Some(URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes())))
+}
+
+/// What an identity service says of an assertion refused for `invalid`.
+pub(crate) fn describe(invalid: Invalid, token_url: &str) -> String {
+    match invalid {
+        Invalid::Signature => "the assertion's signature does not verify".into(),
+        Invalid::Expired => "the assertion has expired (exp is in the past)".into(),
+        Invalid::Issuer => "the assertion's iss is not the service account's email".into(),
+        Invalid::Audience => {
+            format!("the assertion's aud must be the token endpoint {token_url}")
+        }
+        Invalid::Missing(claim) => format!("the assertion lacks the {claim} claim"),
+        Invalid::Format(claim) => format!("the assertion's {claim} claim is malformed"),
+        Invalid::Malformed => "the assertion is not a well-formed JWT".into(),
+    }
 }

@@ -9,8 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use super::form::Rejection;
-use super::jwt::{self, Rules};
-use super::validate::LEEWAY_SECS;
+use super::jwt::{self, LEEWAY_SECS, Rules};
 
 /// A public key a client or a service account registered, and whose assertions it signs.
 #[derive(Clone)]
@@ -152,7 +151,7 @@ impl Registry {
         let refuse = |e| {
             purpose.reject(format!(
                 "the {what} does not verify ({})",
-                super::validate::describe(e, token_url)
+                jwt::describe(e, token_url)
             ))
         };
         let claims = jwt::verify(assertion, algorithm, &decoding).map_err(refuse)?;

@@ -148,6 +148,8 @@ mod keys;
 mod race;
 mod responses;
 mod rfc3339;
+mod routes;
+mod scripted;
 mod server;
 mod stream;
 mod stream_end;
@@ -156,6 +158,7 @@ mod validate;
 use client_auth::Client;
 pub use events::event_sequence;
 pub use fault::Fault;
+pub use scripted::{Answer, Received, ScriptedServer};
 pub use stream_end::StreamEnd;
 
 /// Lifetime of the tokens the emulator issues unless told otherwise: one hour, like DT's.
@@ -434,7 +437,7 @@ impl Emulator {
 
     /// The API base URL, `http://127.0.0.1:PORT/v2`.
     pub fn api_url(&self) -> String {
-        format!("{}{}", self.shared.origin, server::API_PREFIX)
+        format!("{}{}", self.shared.origin, routes::API_PREFIX)
     }
 
     /// The origin of both the token endpoint and the API, `http://127.0.0.1:PORT` (or the
@@ -656,7 +659,7 @@ impl EmulatorBuilder {
         let listener = tokio::net::TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
         let origin = self.public_url.unwrap_or_else(|| format!("http://{addr}"));
-        let token_url = format!("{origin}{}", server::TOKEN_PATH);
+        let token_url = format!("{origin}{}", routes::TOKEN_PATH);
         let account = generate_account().with_token_url(token_url.clone());
         let client = Client {
             id: self
@@ -726,7 +729,7 @@ impl Shared {
     /// `http://127.0.0.1:PORT`: the token URL without its path.
     fn origin(&self) -> String {
         self.token_url
-            .strip_suffix(server::TOKEN_PATH)
+            .strip_suffix(routes::TOKEN_PATH)
             .unwrap_or(&self.token_url)
             .to_owned()
     }

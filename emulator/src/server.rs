@@ -23,18 +23,11 @@ use super::form::Rejection;
 use super::grants::{Spent, metadata};
 use super::race::first;
 use super::responses::{Hangup, dt_error, json_response, response};
+use super::routes::{API_PREFIX, OAUTH_METADATA_PATH, OPENID_METADATA_PATH, TOKEN_PATH};
 use super::stream::{self, Subscriptions};
 use super::validate::{Grant, check_token_request};
 use super::{Fault, Shared, TokenCheck};
 
-/// The token endpoint's path.
-pub(super) const TOKEN_PATH: &str = "/oauth2/token";
-/// Where RFC 8414 metadata is served (the emulator's issuer has no path).
-const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
-/// Where OpenID Connect discovery finds the same document.
-const OPENID_METADATA_PATH: &str = "/.well-known/openid-configuration";
-/// The API's path prefix.
-pub(super) const API_PREFIX: &str = "/v2";
 /// Largest request body accepted; larger ones get 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -7,15 +7,11 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use super::client_auth::Client;
 use super::form::{Form, Rejection, parse_form};
 use super::grants::is_token_type;
-use super::jwt::{self, Invalid, Rules};
+use super::jwt::{self, LEEWAY_SECS, Rules, describe};
 use super::keys::{Purpose, Registry, VerifyWith};
 use secrecy::ExposeSecret as _;
 use token_refresh::ServiceAccount;
 use token_refresh::{ClientCredentials, JwtBearer, RefreshToken, TokenExchange};
-
-/// Clock skew allowed on `exp` and `iat`, in seconds: the leeway DT and most identity services
-/// give.
-pub(super) const LEEWAY_SECS: u64 = 60;
 
 /// A token request that passed every check.
 pub(super) enum Grant {
@@ -278,18 +274,4 @@ fn check_assertion(
         return Err(Rejection::grant("the assertion's iat is in the future"));
     }
     Ok(())
-}
-
-pub(super) fn describe(invalid: Invalid, token_url: &str) -> String {
-    match invalid {
-        Invalid::Signature => "the assertion's signature does not verify".into(),
-        Invalid::Expired => "the assertion has expired (exp is in the past)".into(),
-        Invalid::Issuer => "the assertion's iss is not the service account's email".into(),
-        Invalid::Audience => {
-            format!("the assertion's aud must be the token endpoint {token_url}")
-        }
-        Invalid::Missing(claim) => format!("the assertion lacks the {claim} claim"),
-        Invalid::Format(claim) => format!("the assertion's {claim} claim is malformed"),
-        Invalid::Malformed => "the assertion is not a well-formed JWT".into(),
-    }
 }

@@ -1,13 +1,100 @@
 //! [`OAuthClient`]: who a grant's token request comes from, and how it proves it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::client_credentials::ClientAuth;
 use crate::error::{Error, Result};
 use crate::exchange::TokenRequest;
+use crate::signing::{Signer, SigningKey};
 use crate::store::KeyBuilder;
+
+/// How the client authenticates to the token endpoint: with its secret (RFC 6749 §2.3.1)
+/// or with a signed assertion (RFC 7523 §2.2, OIDC Core §9).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, what
+    /// the RFC requires servers to support. The default.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` as form parameters, for servers that want them there.
+    Post,
+    /// `private_key_jwt`: an assertion signed with the client's private key (a
+    /// [`SigningKey`] or a KMS [`Signer`]), as Entra, Okta, Auth0 and the MCP
+    /// client-credentials profile want. No client secret is sent. Build it with
+    /// [`ClientAuth::private_key_jwt`].
+    PrivateKeyJwt(Arc<dyn Signer>),
+    /// `client_secret_jwt`: an assertion signed HS256 with the client secret, which itself
+    /// is never sent. Build it with [`ClientAuth::client_secret_jwt`].
+    ClientSecretJwt(Arc<dyn Signer>),
+}
+
+impl ClientAuth {
+    /// `private_key_jwt` with `signer`. See
+    /// [`TokenRequest::client_assertion`](crate::TokenRequest::client_assertion) for the
+    /// assertion's claims.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh_emulator::Emulator;
+    /// use token_refresh::{ClientAuth, ClientCredentials, SigningKey, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let key = SigningKey::from_pem(
+    ///     "-----BEGIN PRIVATE KEY-----
+    /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
+    /// -----END PRIVATE KEY-----",
+    /// )?
+    /// .with_key_id("client-key-1")?;
+    /// // The client registered its public key with the server: here, the emulator.
+    /// emulator.register_key(emulator.client_id(), &key.public_jwk().unwrap())?;
+    ///
+    /// let source = ClientCredentials::with_client_auth(
+    ///     emulator.token_url(),
+    ///     emulator.client_id(),
+    ///     ClientAuth::private_key_jwt(key),
+    /// );
+    /// let provider = TokenProvider::new(source);
+    /// assert!(!provider.token().await?.expose_secret().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn private_key_jwt(signer: impl Signer) -> Self {
+        Self::PrivateKeyJwt(Arc::new(signer))
+    }
+
+    /// `client_secret_jwt` with `client_secret`. An empty secret fails the first token
+    /// request with [`Error::EmptyCredential`](crate::Error::EmptyCredential) naming `client_secret`, before anything is
+    /// sent.
+    pub fn client_secret_jwt(client_secret: impl AsRef<[u8]>) -> Self {
+        match SigningKey::from_secret(client_secret) {
+            Ok(key) => Self::ClientSecretJwt(Arc::new(key)),
+            Err(_) => Self::ClientSecretJwt(Arc::new(EmptySecret)),
+        }
+    }
+}
+
+/// The signer of a `client_secret_jwt` whose secret is empty: fails at the first request,
+/// as an empty secret does with the other methods.
+#[derive(Debug)]
+struct EmptySecret;
+
+#[async_trait::async_trait]
+impl Signer for EmptySecret {
+    fn algorithm(&self) -> crate::SigningAlgorithm {
+        crate::SigningAlgorithm::HS256
+    }
+    fn key_id(&self) -> Option<&str> {
+        None
+    }
+    async fn sign(&self, _: &[u8]) -> Result<Vec<u8>> {
+        Err(Error::EmptyCredential {
+            field: "client_secret",
+        })
+    }
+}
 
 /// An OAuth2 client as a token request names it (RFC 6749 §2.3): its id and how it
 /// authenticates — a secret (HTTP Basic or form parameters), a signed assertion
@@ -36,7 +123,7 @@ pub struct OAuthClient {
 impl OAuthClient {
     /// A confidential client with `secret`, sent with HTTP Basic ([`ClientAuth::Basic`]; see
     /// [`client_auth`](Self::client_auth)). An empty id or secret fails the first token
-    /// request before anything is sent ([`Error::EmptyCredential`]).
+    /// request before anything is sent ([`Error::EmptyCredential`](crate::Error::EmptyCredential)).
     pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Self {
         Self {
             id: id.into(),
@@ -55,8 +142,9 @@ impl OAuthClient {
     }
 
     /// A client that authenticates with `auth`: for [`ClientAuth::PrivateKeyJwt`] and
-    /// [`ClientAuth::ClientSecretJwt`], which need no separate secret.
-    pub fn with_auth(id: impl Into<String>, auth: ClientAuth) -> Self {
+    /// [`ClientAuth::ClientSecretJwt`], which need no separate secret. The same shape as
+    /// [`ClientCredentials::with_client_auth`](crate::ClientCredentials::with_client_auth).
+    pub fn with_client_auth(id: impl Into<String>, auth: ClientAuth) -> Self {
         Self {
             id: id.into(),
             secret: Some(SecretString::from(String::new())),

@@ -1,13 +1,11 @@
 //! The RFC 6749 §4.4 client-credentials grant.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::OAuthClient;
-use crate::error::{Error, Result};
+use super::client::{ClientAuth, OAuthClient};
+use crate::error::Result;
 use crate::exchange::TokenEndpoint;
-use crate::signing::{Signer, SigningKey};
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -15,92 +13,6 @@ use crate::token::AccessToken;
 /// What [`Error::InsecureTransport`] says would be sent, and how to allow it.
 const SENDING: &str = "the client secret";
 const ALLOW_WITH: &str = "`ClientCredentials::allow_http(true)`";
-
-/// How the client authenticates to the token endpoint: with its secret (RFC 6749 §2.3.1)
-/// or with a signed assertion (RFC 7523 §2.2, OIDC Core §9).
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub enum ClientAuth {
-    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, what
-    /// the RFC requires servers to support. The default.
-    #[default]
-    Basic,
-    /// `client_id` and `client_secret` as form parameters, for servers that want them there.
-    Post,
-    /// `private_key_jwt`: an assertion signed with the client's private key (a
-    /// [`SigningKey`] or a KMS [`Signer`]), as Entra, Okta, Auth0 and the MCP
-    /// client-credentials profile want. No client secret is sent. Build it with
-    /// [`ClientAuth::private_key_jwt`].
-    PrivateKeyJwt(Arc<dyn Signer>),
-    /// `client_secret_jwt`: an assertion signed HS256 with the client secret, which itself
-    /// is never sent. Build it with [`ClientAuth::client_secret_jwt`].
-    ClientSecretJwt(Arc<dyn Signer>),
-}
-
-impl ClientAuth {
-    /// `private_key_jwt` with `signer`. See
-    /// [`TokenRequest::client_assertion`](crate::TokenRequest::client_assertion) for the
-    /// assertion's claims.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use token_refresh_emulator::Emulator;
-    /// use token_refresh::{ClientAuth, ClientCredentials, SigningKey, TokenProvider};
-    ///
-    /// let emulator = Emulator::start().await?;
-    /// let key = SigningKey::from_pem(
-    ///     "-----BEGIN PRIVATE KEY-----
-    /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
-    /// -----END PRIVATE KEY-----",
-    /// )?
-    /// .with_key_id("client-key-1")?;
-    /// // The client registered its public key with the server: here, the emulator.
-    /// emulator.register_key(emulator.client_id(), &key.public_jwk().unwrap())?;
-    ///
-    /// let source = ClientCredentials::with_client_auth(
-    ///     emulator.token_url(),
-    ///     emulator.client_id(),
-    ///     ClientAuth::private_key_jwt(key),
-    /// );
-    /// let provider = TokenProvider::new(source);
-    /// assert!(!provider.token().await?.expose_secret().is_empty());
-    /// # Ok(()) }
-    /// ```
-    pub fn private_key_jwt(signer: impl Signer) -> Self {
-        Self::PrivateKeyJwt(Arc::new(signer))
-    }
-
-    /// `client_secret_jwt` with `client_secret`. An empty secret fails the first token
-    /// request with [`Error::EmptyCredential`] naming `client_secret`, before anything is
-    /// sent.
-    pub fn client_secret_jwt(client_secret: impl AsRef<[u8]>) -> Self {
-        match SigningKey::from_secret(client_secret) {
-            Ok(key) => Self::ClientSecretJwt(Arc::new(key)),
-            Err(_) => Self::ClientSecretJwt(Arc::new(EmptySecret)),
-        }
-    }
-}
-
-/// The signer of a `client_secret_jwt` whose secret is empty: fails at the first request,
-/// as an empty secret does with the other methods.
-#[derive(Debug)]
-struct EmptySecret;
-
-#[async_trait::async_trait]
-impl Signer for EmptySecret {
-    fn algorithm(&self) -> crate::SigningAlgorithm {
-        crate::SigningAlgorithm::HS256
-    }
-    fn key_id(&self) -> Option<&str> {
-        None
-    }
-    async fn sign(&self, _: &[u8]) -> Result<Vec<u8>> {
-        Err(Error::EmptyCredential {
-            field: "client_secret",
-        })
-    }
-}
 
 /// A [`TokenSource`] for the RFC 6749 §4.4 client-credentials grant: a client id and secret
 /// exchanged for an access token at a [`TokenEndpoint`].
@@ -110,7 +22,7 @@ impl Signer for EmptySecret {
 /// (the default) or with `client_id` and `client_secret` in the form; see [`ClientAuth`].
 /// The secret is a [`secrecy`] secret: redacted in `Debug` and scrubbed from anything the
 /// server sends back. An empty client id or secret fails before anything is sent
-/// ([`Error::EmptyCredential`]). `invalid_client` and `invalid_scope` are permanent errors
+/// ([`Error::EmptyCredential`](crate::Error::EmptyCredential)). `invalid_client` and `invalid_scope` are permanent errors
 /// that fail at once with the server's text; 5xx, 429 and timeouts are retried by the
 /// [`TokenProvider`](crate::TokenProvider). Everything about the request itself (its own
 /// client without redirects, timeouts, the response parsing, scrubbing) is the
@@ -159,7 +71,7 @@ impl ClientCredentials {
 
     /// The client `client_id` with `client_secret`, at the token endpoint `token_url`. Does
     /// no I/O. An empty (or whitespace-only) client id or an empty secret is reported at the
-    /// first token request, before anything is sent ([`Error::EmptyCredential`] naming
+    /// first token request, before anything is sent ([`Error::EmptyCredential`](crate::Error::EmptyCredential) naming
     /// `client_id` or `client_secret`).
     pub fn new(
         token_url: impl Into<TokenEndpoint>,
@@ -275,6 +187,11 @@ impl TokenSource for ClientCredentials {
             key = key.part(name).part(value);
         }
         Some(key.finish())
+    }
+
+    /// The token endpoint's host and the client id.
+    fn name(&self) -> Option<String> {
+        Some(self.endpoint.name_for(self.client.id()))
     }
 
     fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {

@@ -416,6 +416,17 @@ impl TokenSource for JwtBearer {
         Some(key.finish())
     }
 
+    /// The token endpoint's host and the assertion's issuer (`assertion-file` for an
+    /// assertion read from a file).
+    fn name(&self) -> Option<String> {
+        let who = match &self.assertion {
+            Assertion::Signed { account, .. } => account.email(),
+            Assertion::File(_) => "assertion-file",
+            Assertion::Key { issuer, .. } => issuer,
+        };
+        Some(self.endpoint.name_for(who))
+    }
+
     fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {
         self.endpoint.dpop_key().cloned()
     }

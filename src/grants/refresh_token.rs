@@ -133,6 +133,13 @@ impl RefreshToken {
         }
     }
 
+    /// Asks for DPoP-bound tokens: every token request carries a proof signed with `key`;
+    /// see [`TokenEndpoint::dpop`](crate::TokenEndpoint::dpop). Default: bearer tokens.
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.endpoint = self.endpoint.dpop(key);
+        self
+    }
+
     /// Asks for `scope` on every refresh (space-separated, or call again to add). Default:
     /// none (the scope of the original grant).
     pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
@@ -337,6 +344,11 @@ impl TokenSource for RefreshToken {
 
     fn attach_store(&self, store: SourceStore) {
         let _ = self.store.set(store);
+    }
+
+    /// The token endpoint's host and the client id.
+    fn name(&self) -> Option<String> {
+        Some(self.endpoint.name_for(self.client.id()))
     }
 
     fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {

@@ -313,6 +313,13 @@ impl TokenExchange {
         self
     }
 
+    /// Asks for DPoP-bound tokens: every token request carries a proof signed with `key`;
+    /// see [`TokenEndpoint::dpop`](crate::TokenEndpoint::dpop). Default: bearer tokens.
+    pub fn dpop(mut self, key: crate::dpop::DpopKey) -> Self {
+        self.endpoint = self.endpoint.dpop(key);
+        self
+    }
+
     /// Asks for `scope` (space-separated, or call again to add). Default: none.
     pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
         super::add_scopes(&mut self.scopes, scope.as_ref());
@@ -358,6 +365,12 @@ impl TokenSource for TokenExchange {
             key = client.key_parts(key);
         }
         Some(key.finish())
+    }
+
+    /// The token endpoint's host and the client id (`token-exchange` without a client).
+    fn name(&self) -> Option<String> {
+        let who = self.client.as_ref().map_or("token-exchange", |c| c.id());
+        Some(self.endpoint.name_for(who))
     }
 
     fn dpop_key(&self) -> Option<crate::dpop::DpopKey> {

@@ -67,9 +67,13 @@ pub struct TokenProviderBuilder {
 
 impl TokenProviderBuilder {
     pub(super) fn new(source: Box<dyn TokenSource>) -> Self {
+        let mut config = Config::default();
+        if let Some(name) = source.name() {
+            config.name = name;
+        }
         Self {
             source,
-            config: Config::default(),
+            config,
             store: None,
             store_key: None,
             store_lease_ttl: DEFAULT_STORE_LEASE_TTL,
@@ -170,8 +174,11 @@ impl TokenProviderBuilder {
         self
     }
 
-    /// Names the provider in its `tracing` spans and (feature `metrics`) as the `provider`
-    /// label of its metrics, to tell several providers apart. Default: `default`.
+    /// Names the provider in its log lines (the `provider` field) and (feature `metrics`) as
+    /// the `provider` label of its metrics, to tell several providers apart. Default: the
+    /// source's [`name`](crate::TokenSource::name) — for the built-in grants the token
+    /// endpoint's host and the client id or issuer, e.g. `auth.example.com/my-client` —
+    /// else `default`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
@@ -266,7 +273,7 @@ impl TokenProviderBuilder {
         })?;
         let names = sealer.names(&identity, named);
         let (store, sealer): (Arc<dyn TokenStore>, _) = (Arc::from(store), Arc::new(sealer));
-        let status = StoreStatus::new(names[0].0.clone());
+        let status = StoreStatus::new(self.config.name.clone(), names[0].0.clone());
         self.source.attach_store(SourceStore::new(
             Arc::clone(&store),
             Arc::clone(&sealer),
@@ -277,6 +284,7 @@ impl TokenProviderBuilder {
         ));
         let mut names = names.into_iter().map(|(name, _)| name);
         Ok(Some(Fleet {
+            provider: self.config.name.clone(),
             store,
             sealer,
             key: names.next().expect("an entry has a name under every key"),

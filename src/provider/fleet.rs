@@ -35,6 +35,8 @@ const RENEWALS_PER_TTL: u32 = 3;
 
 /// A provider's store, its key and sealing, and what it knows of the store's health.
 pub(super) struct Fleet {
+    /// The provider's name, for its log lines.
+    pub(super) provider: String,
     pub(super) store: Arc<dyn TokenStore>,
     pub(super) sealer: Arc<Sealer>,
     /// The entry's name under the current encryption key.
@@ -168,7 +170,10 @@ impl Inner {
                 flight.set_waiting_on_lease(false);
             }
             match look {
-                Look::Found(token) => return Ok(token),
+                Look::Found(token) => {
+                    flight.took_from_store();
+                    return Ok(token);
+                }
                 Look::Failed => return self.fetch_with_retries(flight).await,
                 Look::Empty => {}
             }
@@ -189,6 +194,7 @@ impl Inner {
             if Instant::now() >= give_up {
                 flight.set_waiting_on_lease(false);
                 tracing::warn!(
+                    provider = %fleet.provider,
                     key = %fleet.key,
                     waited_ms = started.elapsed().as_millis() as u64,
                     "the token store's lease holder stored no token in time: fetching one here"
@@ -226,7 +232,10 @@ impl Inner {
         fence: &str,
     ) -> Result<AccessToken> {
         let result = match self.look(fleet).await {
-            Look::Found(token) => Ok(token),
+            Look::Found(token) => {
+                flight.took_from_store();
+                Ok(token)
+            }
             Look::Empty | Look::Failed => {
                 let fetch = self.fetch_with_retries(flight);
                 let result = alongside(fetch, fleet.keep_lease(fence)).await;

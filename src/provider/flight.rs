@@ -40,9 +40,47 @@ const MAX_LOCAL_RESTARTS: u32 = 3;
 /// with room for the rest of the runtime's work and keeps both workers busy.
 const GATE_WIDTH: usize = 64;
 
+/// Why a refresh runs: the `reason` field of its log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reason {
+    /// No token was ever obtained.
+    First,
+    /// The cached token reached its proactive refresh point (a background refresh).
+    Proactive,
+    /// The cached token reached its hard margin.
+    Expired,
+    /// The API rejected a token it had accepted before (`reject`, within the allowance).
+    Revoked,
+    /// The API rejected a token it never accepted (`reject`, within the storm guard).
+    Rejected,
+    /// [`invalidate`](crate::TokenProvider::invalidate) dropped the cached token.
+    Invalidated,
+    /// A caller needs a token that lasts longer than the cached one
+    /// ([`MinValidity`](crate::MinValidity), `token_valid_for`).
+    MinValidity,
+}
+
+impl Reason {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Reason::First => "first",
+            Reason::Proactive => "proactive",
+            Reason::Expired => "expired",
+            Reason::Revoked => "revoked",
+            Reason::Rejected => "rejected",
+            Reason::Invalidated => "invalidated",
+            Reason::MinValidity => "min-validity",
+        }
+    }
+}
+
 /// One refresh: a task on `runtime` that publishes its outcome.
 pub(super) struct Flight {
     id: u64,
+    /// Why it runs.
+    pub(super) reason: Reason,
+    /// Whether its token came from the token store (another process fetched it).
+    from_store: AtomicBool,
     started: Instant,
     runtime: Handle,
     /// Set once, when the refresh ends or is lost; `gate` and `done` wake the waiters then.
@@ -189,6 +227,7 @@ impl Inner {
         let mut state = self.lock_state();
         let now = Instant::now();
         let cached = self.read_cache().clone();
+        let had_token = cached.is_some();
         let usable = cached.filter(|c| now < c.usable_until);
         if let Some(cached) = &usable
             && cached.lasts(now, min)
@@ -210,7 +249,13 @@ impl Inner {
                 None => Err(failure.error.clone()),
             };
         }
-        let (flight, launch) = self.start_flight(&mut state, false)?;
+        let reason = match state.pending {
+            Some(reason) => reason,
+            None if usable.is_some() => Reason::MinValidity,
+            None if had_token || state.last_refresh.is_some() => Reason::Expired,
+            None => Reason::First,
+        };
+        let (flight, launch) = self.start_flight(&mut state, reason)?;
         Ok(Joined::Started(flight, launch))
     }
 
@@ -351,7 +396,7 @@ impl Inner {
             tracing::debug!("access token nears expiry: refreshing it in the background");
             // Without a runtime the caller just keeps the valid token; the next one retries.
             // Spawned at once: this caller has its token and does not wait for the refresh.
-            if let Ok((_, launch)) = self.start_flight(state, true) {
+            if let Ok((_, launch)) = self.start_flight(state, Reason::Proactive) {
                 launch.spawn();
             }
         }
@@ -362,14 +407,19 @@ impl Inner {
     fn start_flight(
         self: &Arc<Self>,
         state: &mut State,
-        background: bool,
+        reason: Reason,
     ) -> Result<(Arc<Flight>, Launch)> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        // What an invalidation or a rejection asked for is this refresh.
+        state.pending = None;
+        let background = reason == Reason::Proactive;
         let id = state.next_flight_id;
         state.next_flight_id += 1;
         let started = Instant::now();
         let flight = Arc::new(Flight {
             id,
+            reason,
+            from_store: AtomicBool::new(false),
             started,
             runtime: runtime.clone(),
             outcome: OnceLock::new(),
@@ -413,6 +463,20 @@ impl Inner {
                         fetch.await
                     }
                 };
+                if let Ok(token) = &result {
+                    tracing::info!(
+                        provider = %inner.config.name,
+                        reason = flight.reason.as_str(),
+                        from = if flight.from_store.load(Ordering::Relaxed) {
+                            "token store"
+                        } else {
+                            "token endpoint"
+                        },
+                        attempt = flight.progress().attempt.max(1),
+                        expires_in_secs = token.expires_in().as_secs(),
+                        "access token refreshed"
+                    );
+                }
                 guard.finish(result);
             }
             .instrument(span),
@@ -493,6 +557,11 @@ impl Flight {
 
     pub(super) fn set_waiting_on_lease(&self, waiting: bool) {
         self.lock_progress().waiting_on_lease = waiting;
+    }
+
+    /// The token came from the token store, not the token endpoint.
+    pub(super) fn took_from_store(&self) {
+        self.from_store.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn set_attempt(&self, attempt: u32) {

@@ -30,7 +30,7 @@ use builder::Config;
 pub use builder::TokenProviderBuilder;
 use cache::Cached;
 use fleet::Fleet;
-use flight::Flight;
+use flight::{Flight, Reason};
 use retry::Failure;
 use storm::StormGuard;
 
@@ -105,6 +105,8 @@ struct Inner {
     token_requests: AtomicU64,
     /// Refreshes forced by rejections, for [`Health`].
     forced_refreshes: AtomicU64,
+    /// Requests the integrations sent again with a DPoP nonce, for [`Health`].
+    nonce_resends: AtomicU64,
     /// The token store shared with other processes, if any.
     fleet: Option<Fleet>,
     /// Why the provider cannot work (a store it was built with is refused): every caller
@@ -120,6 +122,8 @@ struct State {
     flight: Option<Arc<Flight>>,
     failure: Option<Failure>,
     next_flight_id: u64,
+    /// Why the next refresh will run, when an invalidation or a rejection decided it.
+    pending: Option<Reason>,
     storm: StormGuard,
     /// A runtime found to have no time driver, so it is not probed again.
     no_time: Option<tokio::runtime::Id>,
@@ -200,12 +204,13 @@ impl TokenProvider {
     /// still there, rather than take it back. Unconditional: for a server's rejection
     /// prefer [`reject`](Self::reject), which is rate-limited.
     pub fn invalidate(&self, token: &AccessToken) {
-        let _state = self.inner.lock_state();
+        let mut state = self.inner.lock_state();
         if self.inner.drop_cached(token) {
+            state.pending = Some(Reason::Invalidated);
             if let Some(fleet) = &self.inner.fleet {
                 fleet.rejected(token);
             }
-            tracing::debug!("access token invalidated");
+            tracing::debug!(provider = %self.inner.config.name, "access token invalidated");
         }
     }
 
@@ -241,6 +246,7 @@ impl TokenProvider {
             last_refresh: state.last_refresh,
             token_requests: inner.token_requests.load(Ordering::Relaxed),
             forced_refreshes: inner.forced_refreshes.load(Ordering::Relaxed),
+            dpop_nonce_resends: inner.nonce_resends.load(Ordering::Relaxed),
             cooling_down_for: state
                 .failure
                 .as_ref()
@@ -260,6 +266,14 @@ impl TokenProvider {
     #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
     pub(crate) fn record_resend(&self) {
         self.inner.metrics.resend();
+    }
+
+    /// Counts a request sent again with the server's DPoP nonce (for `Health` and the
+    /// metrics).
+    #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
+    pub(crate) fn record_nonce_resend(&self) {
+        self.inner.nonce_resends.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.nonce_resend();
     }
 
     /// How much longer `token` will be handed out: the time until it reaches this provider's
@@ -298,6 +312,7 @@ impl Inner {
             state: Mutex::new(State::default()),
             token_requests: AtomicU64::new(0),
             forced_refreshes: AtomicU64::new(0),
+            nonce_resends: AtomicU64::new(0),
             fleet,
             misconfigured,
             created: SystemTime::now(),

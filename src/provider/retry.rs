@@ -32,7 +32,7 @@ impl Inner {
         let config = &self.config;
         let started = Instant::now();
         let mut attempt = 1;
-        tracing::debug!("token refresh started");
+        tracing::debug!(reason = flight.reason.as_str(), "token refresh started");
         loop {
             flight.set_attempt(attempt);
             let fetch = CatchUnwind(self.source.fetch_token());
@@ -48,15 +48,9 @@ impl Inner {
             };
             self.metrics.token_request(&result);
             self.token_requests.fetch_add(1, Ordering::Relaxed);
+            // Success is logged where the refresh ends, whatever served it (see `flight`).
             let error = match result {
-                Ok(token) => {
-                    tracing::info!(
-                        attempt,
-                        expires_in_secs = token.expires_in().as_secs(),
-                        "access token refreshed"
-                    );
-                    return Ok(token);
-                }
+                Ok(token) => return Ok(token),
                 Err(error) => error,
             };
             let delay = error
@@ -67,7 +61,13 @@ impl Inner {
                 || delay > config.max_retry_after
                 || started.elapsed().saturating_add(delay) > config.retry_budget;
             if give_up {
-                tracing::warn!(attempt, error = %error, "token refresh failed");
+                tracing::warn!(
+                    provider = %self.config.name,
+                    reason = flight.reason.as_str(),
+                    attempt,
+                    error = %error,
+                    "token refresh failed"
+                );
                 return Err(if attempt > 1 {
                     Error::Retried {
                         attempts: attempt,
@@ -79,6 +79,7 @@ impl Inner {
                 });
             }
             tracing::warn!(
+                provider = %self.config.name,
                 attempt,
                 error = %error,
                 retry_in_ms = delay.as_millis() as u64,

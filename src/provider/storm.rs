@@ -225,10 +225,13 @@ impl TokenProvider {
         }
         inner.metrics.forced_refresh(Some(accepted));
         inner.forced_refreshes.fetch_add(1, Ordering::Relaxed);
+        // The refresh that follows logs at INFO with this as its reason.
         if decision == Decision::Revoked {
-            tracing::info!("access token revoked by the server: refreshing it");
+            state.pending = Some(super::Reason::Revoked);
+            tracing::debug!("access token revoked by the server: refreshing it");
         } else {
-            tracing::info!(
+            state.pending = Some(super::Reason::Rejected);
+            tracing::debug!(
                 next_forced_refresh_in_ms = state.storm.interval().as_millis() as u64,
                 "access token rejected by the server: refreshing it"
             );

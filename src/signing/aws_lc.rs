@@ -9,7 +9,7 @@ use aws_lc_rs::signature::{
 };
 
 use super::SigningAlgorithm;
-use super::pair::{Kind, PublicKey, invalid, unsupported};
+use super::kinds::{Kind, PublicKey, invalid, unsupported};
 use super::parse::Material;
 use crate::error::{Error, Result};
 

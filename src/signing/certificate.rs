@@ -10,7 +10,7 @@ use der::Decode as _;
 use sha1::Digest as _;
 use x509_cert::Certificate;
 
-use super::pair::{PublicKey, invalid};
+use super::kinds::{PublicKey, invalid};
 use crate::error::Result;
 
 /// The base64url thumbprints of a certificate's DER.

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::certificate::{self, Thumbprints};
-use super::pair::{KeyPair, invalid};
+use super::kinds::invalid;
+use super::pair::KeyPair;
 use super::parse::{self, JwkKey, Material};
 use super::{Backend, Signer, SigningAlgorithm};
 use crate::error::{Error, Result};

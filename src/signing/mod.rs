@@ -26,6 +26,7 @@ mod assertion;
 mod aws_lc;
 mod certificate;
 mod key;
+mod kinds;
 mod pair;
 mod parse;
 mod rust_crypto;
@@ -34,7 +35,8 @@ use std::fmt;
 
 pub(crate) use assertion::{ASSERTION_LIFETIME, Jws, mint};
 pub use key::SigningKey;
-pub(crate) use pair::{KeyPair, Kind};
+pub(crate) use kinds::Kind;
+pub(crate) use pair::KeyPair;
 pub(crate) use parse::parse_private_pem;
 
 use crate::error::Result;

@@ -10,7 +10,7 @@ use der::{Decode as _, Encode as _};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::pair::{Kind, PublicKey, invalid};
+use super::kinds::{Kind, PublicKey, invalid};
 use crate::error::Result;
 
 /// RSA keys shorter than this are refused: NIST has disallowed them since 2013, and most

@@ -9,7 +9,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::SigningAlgorithm;
-use super::pair::{Kind, PublicKey, invalid, unsupported};
+use super::kinds::{Kind, PublicKey, invalid, unsupported};
 use super::parse::Material;
 use crate::error::{Error, Result};
 

@@ -19,6 +19,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// The health of one provider's store, shared by the provider and its source's
 /// [`SourceStore`](super::SourceStore).
 pub(crate) struct StoreStatus {
+    /// The provider's name, for the logs.
+    provider: String,
     /// The provider's entry, for the logs and the probe.
     key: String,
     healthy: AtomicBool,
@@ -29,8 +31,9 @@ pub(crate) struct StoreStatus {
 }
 
 impl StoreStatus {
-    pub(crate) fn new(key: String) -> Arc<Self> {
+    pub(crate) fn new(provider: String, key: String) -> Arc<Self> {
         Arc::new(Self {
+            provider,
             key,
             healthy: AtomicBool::new(true),
             last_error: Mutex::default(),
@@ -84,7 +87,11 @@ impl StoreStatus {
             metrics.store_call(true);
         }
         if !self.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!(key = %self.key, "the token store answers again");
+            tracing::info!(
+                provider = %self.provider,
+                key = %self.key,
+                "the token store answers again"
+            );
         }
     }
 
@@ -103,7 +110,9 @@ impl StoreStatus {
         *self.lock() = Some((error.clone(), SystemTime::now()));
         if self.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(
+                provider = %self.provider,
                 key = %self.key,
+                operation = what,
                 %error,
                 "the token store failed: fetching tokens without it until it answers again"
             );

@@ -7,32 +7,30 @@
 //! releases 10,000 tasks together through a barrier on a cold cache, and measures each
 //! caller from the barrier to holding a token. The rounds alternate between the libraries.
 //!
-//! A fourth contender, `TokenRefreshRing`, is token-refresh with the same key behind a
-//! user-supplied [`Signer`](token_refresh::Signer) that signs with ring, as gcp_auth does:
-//! the crate signs with RustCrypto's `rsa` (jsonwebtoken's `rust_crypto` backend), about
-//! twice as slow, and every caller of a cold herd waits for that signature.
+//! token-refresh signs with aws-lc-rs, as a default build does (gcp_auth signs with ring).
+//! Besides the callers' latency, each round records how long after the release the first
+//! token request reached the server (loopback: when it left, give or take a few µs), and
+//! the summary gives its median per library.
 //!
 //! ```text
 //! cargo run --release --manifest-path benches/compare-google/Cargo.toml -- [callers] [rounds]
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use token_refresh_emulator::{Answer, ScriptedServer};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
-/// When the first token request of a round reached the server, and when the first caller
-/// left the barrier: how long a library takes to start its request.
-static ARRIVED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+/// When the first caller of a round left the barrier: how long a library takes to start its
+/// request is from then to the request's arrival at the server.
 static RELEASED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 const SERVER_LATENCY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug)]
 enum Library {
     TokenRefresh,
-    TokenRefreshRing,
     GcpAuth,
     YupOauth2,
 }
@@ -50,7 +48,13 @@ fn main() {
 }
 
 async fn run(callers: usize, rounds: usize) {
-    let (url, requests) = token_server().await;
+    // Any JWT-bearer request gets a token after the latency Google's endpoint has.
+    let server = ScriptedServer::start(|request| {
+        Answer::token(request.number, 3599).after(SERVER_LATENCY)
+    })
+    .await
+    .expect("the token server starts");
+    let url = server.url("/token");
     let pem = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/keys/rsa-pkcs8.pem"),
     )
@@ -70,45 +74,44 @@ async fn run(callers: usize, rounds: usize) {
 
     let libraries = [
         Library::TokenRefresh,
-        Library::TokenRefreshRing,
         Library::GcpAuth,
         Library::YupOauth2,
     ];
-    let mut results: Vec<(Library, Vec<u64>, Vec<Duration>)> = libraries
+    let mut results: Vec<(Library, Vec<u64>, Vec<Duration>, Vec<Duration>)> = libraries
         .iter()
-        .map(|l| (*l, Vec::new(), Vec::new()))
+        .map(|l| (*l, Vec::new(), Vec::new(), Vec::new()))
         .collect();
     for _ in 0..rounds {
-        for (library, counts, latencies) in &mut results {
-            let before = requests.load(Ordering::SeqCst);
-            *ARRIVED.lock().unwrap() = None;
+        for (library, counts, latencies, departures) in &mut results {
+            let before = server.count();
             *RELEASED.lock().unwrap() = None;
             latencies.extend(herd(*library, callers, &key, &path).await);
-            let (a, r) = (
-                ARRIVED.lock().unwrap().unwrap(),
-                RELEASED.lock().unwrap().unwrap(),
-            );
+            let a = server.received()[before as usize].at;
+            let r = RELEASED.lock().unwrap().unwrap();
+            let departure = a.saturating_duration_since(r);
             eprintln!(
-                "{library:?}: first request reached the server {:.1} ms after the release",
-                ms(a.saturating_duration_since(r))
+                "{library:?}: first request reached the server {:.2} ms after the release",
+                ms(departure)
             );
-            counts.push(requests.load(Ordering::SeqCst) - before);
+            departures.push(departure);
+            counts.push(server.count() - before);
         }
     }
     println!(
         "\n=== cold herd, {callers} callers × {rounds} rounds, RS256 service account, 100 ms token server ==="
     );
     let ours_p99 = p(&mut results[0].2.clone(), 0.99);
-    for (library, counts, latencies) in &mut results {
+    for (library, counts, latencies, departures) in &mut results {
         let p99 = p(latencies, 0.99);
         println!(
-            "{:<13} token requests per round {:?}; caller latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; p99 ratio to token-refresh {:.2}",
+            "{:<13} token requests per round {:?}; caller latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; p99 ratio to token-refresh {:.2}; release to first request, median {:.2} ms",
             format!("{library:?}"),
             counts,
             ms(p(latencies, 0.50)),
             ms(p99),
             ms(p(latencies, 1.0)),
             p99.as_secs_f64() / ours_p99.as_secs_f64(),
+            ms(p(departures, 0.50)),
         );
     }
     std::fs::remove_file(&path).ok();
@@ -123,18 +126,6 @@ async fn herd(
     match library {
         Library::TokenRefresh => {
             let source = token_refresh::JwtBearer::google_service_account(path, [SCOPE]).unwrap();
-            release_provider(callers, token_refresh::TokenProvider::new(source)).await
-        }
-        Library::TokenRefreshRing => {
-            let file: serde_json::Value = serde_json::from_str(key).unwrap();
-            let text = |name: &str| file[name].as_str().unwrap().to_owned();
-            let signer = RingSigner::new(&text("private_key"), text("private_key_id"));
-            let source = token_refresh::JwtBearer::signed_by(
-                text("token_uri"),
-                text("client_email"),
-                signer,
-            )
-            .claim("scope", SCOPE);
             release_provider(callers, token_refresh::TokenProvider::new(source)).await
         }
         Library::GcpAuth => {
@@ -202,114 +193,6 @@ where
         latencies.push(task.await.unwrap());
     }
     latencies
-}
-
-/// An RS256 signer on ring: a PKCS#8 RSA key parsed once.
-struct RingSigner {
-    key: ring::signature::RsaKeyPair,
-    key_id: String,
-    rng: ring::rand::SystemRandom,
-}
-
-impl RingSigner {
-    fn new(pem: &str, key_id: String) -> Self {
-        use base64::Engine as _;
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .expect("a PEM body");
-        Self {
-            key: ring::signature::RsaKeyPair::from_pkcs8(&der).expect("a PKCS#8 RSA key"),
-            key_id,
-            rng: ring::rand::SystemRandom::new(),
-        }
-    }
-}
-
-impl std::fmt::Debug for RingSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingSigner").finish_non_exhaustive()
-    }
-}
-
-#[async_trait::async_trait]
-impl token_refresh::Signer for RingSigner {
-    fn algorithm(&self) -> token_refresh::SigningAlgorithm {
-        token_refresh::SigningAlgorithm::RS256
-    }
-
-    fn key_id(&self) -> Option<&str> {
-        Some(&self.key_id)
-    }
-
-    async fn sign(&self, message: &[u8]) -> token_refresh::Result<Vec<u8>> {
-        let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &self.rng,
-                message,
-                &mut signature,
-            )
-            .map_err(|_| token_refresh::Error::Signing("ring refused to sign".into()))?;
-        Ok(signature)
-    }
-}
-
-/// A permissive token endpoint: answers every POST with a fresh token after 100 ms, one
-/// request per connection, and counts requests.
-async fn token_server() -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&requests);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0; 8192];
-                loop {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length: usize = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if request.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                }
-                let n = counted.fetch_add(1, Ordering::SeqCst);
-                ARRIVED.lock().unwrap().get_or_insert(Instant::now());
-                tokio::time::sleep(SERVER_LATENCY).await;
-                let body = format!(
-                    r#"{{"access_token":"ya29.bench-{n}","token_type":"Bearer","expires_in":3599}}"#
-                );
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    (url, requests)
 }
 
 fn p(latencies: &mut [Duration], q: f64) -> Duration {
