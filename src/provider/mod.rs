@@ -4,10 +4,12 @@
 //! One file per concern: this one holds the provider's public face and its fast path;
 //! [`cache`] where a token's refresh points fall, [`flight`] the shared refresh and its
 //! hand-off between runtimes, [`retry`] the failure policy (backoff, cool-down), [`storm`]
-//! what a rejection may cost, and [`builder`] the settings.
+//! what a rejection may cost, [`fleet`] the sharing through a token store, [`config`] the
+//! settings and [`builder`] what sets them.
 
 mod builder;
 mod cache;
+mod config;
 mod fleet;
 mod flight;
 mod retry;
@@ -26,9 +28,9 @@ use crate::quiet_panic::Passed;
 use crate::source::TokenSource;
 use crate::token::AccessToken;
 
-use builder::Config;
 pub use builder::TokenProviderBuilder;
 use cache::Cached;
+use config::Config;
 use fleet::Fleet;
 use flight::{Flight, Reason};
 use retry::Failure;
