@@ -2,7 +2,9 @@
 
 use std::future::Future;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::params::TokenParams;
+use crate::store::KeyBuilder;
 use crate::token::AccessToken;
 
 /// Fetches a fresh access token. [`TokenProvider`](crate::TokenProvider) calls it when its
@@ -29,6 +31,41 @@ use crate::token::AccessToken;
 pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a new token, ignoring any cached one.
     async fn fetch_token(&self) -> Result<AccessToken>;
+
+    /// Fetches a token for `params` — scopes, an audience, resources that replace the
+    /// source's own — for a [keyed provider](crate::KeyedTokenProvider), which calls it once
+    /// per key and refresh. The built-in grants send them in their token request; the
+    /// default fetches the source's own token for empty `params` and refuses any other with
+    /// [`Error::Config`].
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        if params.is_empty() {
+            return self.fetch_token().await;
+        }
+        Err(Error::Config(format!(
+            "this token source cannot ask for {params:?}: a keyed provider needs a grant that \
+             sends scopes, an audience and resources (the built-in grants do), or a \
+             TokenSource that implements fetch_token_for"
+        )))
+    }
+
+    /// The store key of the tokens [`fetch_token_for`](Self::fetch_token_for) gets for
+    /// `params`: by default [`store_key`](Self::store_key) with `params` hashed in (and
+    /// the store key itself for empty `params`).
+    fn store_key_for(&self, params: &TokenParams) -> Option<String> {
+        let key = self.store_key()?;
+        if params.is_empty() {
+            return Some(key);
+        }
+        let mut builder = KeyBuilder::new("params").part(&key);
+        for scope in params.scopes() {
+            builder = builder.part("scope").part(scope);
+        }
+        builder = builder.optional(params.audience_value());
+        for resource in params.resources() {
+            builder = builder.part("resource").part(resource);
+        }
+        Some(builder.finish())
+    }
 
     /// The key under which a [token store](crate::store) keeps this source's tokens: stable
     /// across processes and restarts, different for anything that changes the token (token

@@ -86,6 +86,17 @@ impl ClientCredentials {
         }
     }
 
+    /// The grant for `client` (as a [`RefreshToken`](crate::RefreshToken) or a
+    /// [`TokenExchange`](crate::TokenExchange) names it) at `endpoint`. Does no I/O.
+    pub(crate) fn from_client(endpoint: TokenEndpoint, client: OAuthClient) -> Self {
+        Self {
+            endpoint,
+            client,
+            scopes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
     /// The client `client_id` at `token_url`, authenticating with `auth`: for
     /// [`ClientAuth::PrivateKeyJwt`] and [`ClientAuth::ClientSecretJwt`], which need no
     /// separate secret. With [`ClientAuth::Basic`] or [`ClientAuth::Post`] the secret is
@@ -125,9 +136,15 @@ impl ClientCredentials {
         self.param("audience", audience)
     }
 
-    /// Sends another form parameter some servers want (`resource` of RFC 8707, a
-    /// tenant, …); repeat for more. Not for secrets: it is not scrubbed from errors.
-    /// Default: none.
+    /// Names a resource the token is for (RFC 8707 `resource`: an absolute URI, e.g. the
+    /// API's base URL); repeat for more. Servers that support resource indicators put it in
+    /// the token's audience. Default: none.
+    pub fn resource(self, resource: impl Into<String>) -> Self {
+        self.param("resource", resource)
+    }
+
+    /// Sends another form parameter some servers want (a tenant, …); repeat for more. Not
+    /// for secrets: it is not scrubbed from errors. Default: none.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
         self
@@ -198,6 +215,15 @@ impl TokenSource for ClientCredentials {
         self.endpoint.dpop_key().cloned()
     }
 
+    /// This grant asking for `params`' scopes, audience and resources instead of its own.
+    async fn fetch_token_for(&self, params: &crate::TokenParams) -> Result<AccessToken> {
+        self.with_params(params).fetch_token().await
+    }
+
+    fn store_key_for(&self, params: &crate::TokenParams) -> Option<String> {
+        self.with_params(params).store_key()
+    }
+
     async fn fetch_token(&self) -> Result<AccessToken> {
         self.client.check()?;
         let scope = self.scopes.join(" ");
@@ -214,6 +240,14 @@ impl TokenSource for ClientCredentials {
             request = request.param(name, value);
         }
         request.send().await
+    }
+}
+
+impl ClientCredentials {
+    fn with_params(&self, params: &crate::TokenParams) -> Self {
+        let mut this = self.clone();
+        super::apply_params(params, &mut this.scopes, &mut this.params);
+        this
     }
 }
 

@@ -75,6 +75,7 @@ pub struct JwtBearer {
     endpoint: TokenEndpoint,
     audience: Option<String>,
     scopes: Vec<String>,
+    resources: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -110,6 +111,7 @@ impl JwtBearer {
             endpoint: TokenEndpoint::new(token_url),
             audience: None,
             scopes: Vec::new(),
+            resources: Vec::new(),
         }
     }
 
@@ -156,6 +158,7 @@ impl JwtBearer {
             endpoint: TokenEndpoint::new(token_url),
             audience: None,
             scopes: Vec::new(),
+            resources: Vec::new(),
         }
     }
 
@@ -208,6 +211,7 @@ impl JwtBearer {
             endpoint: TokenEndpoint::new(token_url),
             audience: None,
             scopes: Vec::new(),
+            resources: Vec::new(),
         }
     }
 
@@ -243,6 +247,13 @@ impl JwtBearer {
     /// `scope` parameter (the server's default scopes).
     pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
         super::add_scopes(&mut self.scopes, scope.as_ref());
+        self
+    }
+
+    /// Names a resource the token is for (RFC 8707 `resource`, sent with the token request;
+    /// an absolute URI, e.g. the API's base URL); repeat for more. Default: none.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
         self
     }
 
@@ -376,15 +387,19 @@ fn read_assertion(path: &std::path::Path) -> Result<SecretString> {
 
 #[async_trait::async_trait]
 impl TokenSource for JwtBearer {
-    /// `jwt-bearer-{hash}`: a hash of the token URL, the audience, the scopes, and the
-    /// account's key id, email, subject and secret (or the assertion file's path), so
-    /// rotating the secret changes the key.
+    /// `jwt-bearer-{hash}`: a hash of the token URL, the audience, the scopes, the
+    /// resources, and the account's key id, email, subject and secret (or the assertion
+    /// file's path), so rotating the secret changes the key.
     fn store_key(&self) -> Option<String> {
-        let key = self
+        let mut key = self
             .endpoint
             .key_parts(KeyBuilder::new("jwt-bearer"))
             .optional(self.audience.as_deref())
             .part(self.scopes.join(" "));
+        // Only when there are any: the keys of existing settings stay what they were.
+        for resource in &self.resources {
+            key = key.part("resource").part(resource);
+        }
         let key = match &self.assertion {
             Assertion::Signed {
                 account, subject, ..
@@ -431,6 +446,16 @@ impl TokenSource for JwtBearer {
         self.endpoint.dpop_key().cloned()
     }
 
+    /// This grant asking for `params`' scopes, audience (the assertion's `aud`) and
+    /// resources instead of its own.
+    async fn fetch_token_for(&self, params: &crate::TokenParams) -> Result<AccessToken> {
+        self.with_params(params).fetch_token().await
+    }
+
+    fn store_key_for(&self, params: &crate::TokenParams) -> Option<String> {
+        self.with_params(params).store_key()
+    }
+
     async fn fetch_token(&self) -> Result<AccessToken> {
         let scope = self.scopes.join(" ");
         let mut request = self
@@ -442,10 +467,29 @@ impl TokenSource for JwtBearer {
         if !scope.is_empty() {
             request = request.param("scope", &scope);
         }
+        for resource in &self.resources {
+            request = request.param("resource", resource);
+        }
         if let Assertion::Signed { account, .. } = &self.assertion {
             request = request.scrub(account.expose_secret());
         }
         request.send().await
+    }
+}
+
+impl JwtBearer {
+    fn with_params(&self, params: &crate::TokenParams) -> Self {
+        let mut this = self.clone();
+        if !params.scopes().is_empty() {
+            this.scopes = params.scopes().to_vec();
+        }
+        if let Some(audience) = params.audience_value() {
+            this.audience = Some(audience.to_owned());
+        }
+        if !params.resources().is_empty() {
+            this.resources = params.resources().to_vec();
+        }
+        this
     }
 }
 
@@ -476,6 +520,7 @@ impl fmt::Debug for JwtBearer {
         s.field("endpoint", &self.endpoint)
             .field("audience", &self.audience)
             .field("scopes", &self.scopes)
+            .field("resources", &self.resources)
             .finish()
     }
 }

@@ -147,7 +147,14 @@ impl RefreshToken {
         self
     }
 
-    /// Sends another form parameter on every refresh (`resource`, …); not for secrets.
+    /// Names a resource the token is for (RFC 8707 `resource`), sent on every refresh:
+    /// a refresh that drops it gets a token for another audience. Repeat for more. Default:
+    /// none.
+    pub fn resource(self, resource: impl Into<String>) -> Self {
+        self.param("resource", resource)
+    }
+
+    /// Sends another form parameter on every refresh; not for secrets.
     /// Default: none.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
@@ -169,6 +176,7 @@ impl RefreshToken {
     async fn spend(
         &self,
         refresh_token: &SecretString,
+        params: &crate::TokenParams,
     ) -> Result<(AccessToken, Option<SecretString>)> {
         if refresh_token.expose_secret().is_empty() {
             return Err(Error::EmptyCredential {
@@ -176,7 +184,9 @@ impl RefreshToken {
             });
         }
         self.client.check()?;
-        let scope = self.scopes.join(" ");
+        let (mut scopes, mut form) = (self.scopes.clone(), self.params.clone());
+        super::apply_params(params, &mut scopes, &mut form);
+        let scope = scopes.join(" ");
         let request = self
             .endpoint
             .request()
@@ -187,7 +197,7 @@ impl RefreshToken {
         if !scope.is_empty() {
             request = request.param("scope", &scope);
         }
-        for (name, value) in &self.params {
+        for (name, value) in &form {
             request = request.param(name, value);
         }
         match request.send_response().await {
@@ -204,9 +214,9 @@ impl RefreshToken {
         }
     }
 
-    async fn refresh_alone(&self) -> Result<AccessToken> {
+    async fn refresh_alone(&self, params: &crate::TokenParams) -> Result<AccessToken> {
         let spent = self.local().current.clone();
-        let (token, rotated) = self.spend(&spent).await?;
+        let (token, rotated) = self.spend(&spent, params).await?;
         if let Some(rotated) = rotated {
             self.local().current = rotated;
         }
@@ -214,7 +224,11 @@ impl RefreshToken {
     }
 
     /// Under the store's lease for the refresh token: read it, spend it, swap in the new one.
-    async fn refresh_shared(&self, store: &SourceStore) -> Result<AccessToken> {
+    async fn refresh_shared(
+        &self,
+        store: &SourceStore,
+        params: &crate::TokenParams,
+    ) -> Result<AccessToken> {
         if !store.swaps() {
             return Err(Error::Config(format!(
                 "the token store {store:?} cannot compare-and-swap (TokenStore::swaps and \
@@ -241,14 +255,21 @@ impl RefreshToken {
         }
         // Renewed while it works: no other process spends the refresh token meanwhile,
         // however long the request takes.
-        let result = store.renewing(&key, &fence, self.rotate(store, &key)).await;
+        let result = store
+            .renewing(&key, &fence, self.rotate(store, &key, params))
+            .await;
         if let Err(error) = store.release(&key, &fence).await {
             tracing::warn!(%error, "the refresh token's lease was not released; it lapses by itself");
         }
         result
     }
 
-    async fn rotate(&self, store: &SourceStore, key: &str) -> Result<AccessToken> {
+    async fn rotate(
+        &self,
+        store: &SourceStore,
+        key: &str,
+        params: &crate::TokenParams,
+    ) -> Result<AccessToken> {
         let found = store.get(key).await?;
         let stored = found.as_ref().map(|f| f.sealed.clone());
         let spent = {
@@ -269,7 +290,7 @@ impl RefreshToken {
                 (_, None) => local.current.clone(),
             }
         };
-        match self.spend(&spent).await {
+        match self.spend(&spent, params).await {
             Ok((token, rotated)) => {
                 let Some(rotated) = rotated else {
                     self.local().current = spent;
@@ -355,12 +376,20 @@ impl TokenSource for RefreshToken {
         self.endpoint.dpop_key().cloned()
     }
 
-    async fn fetch_token(&self) -> Result<AccessToken> {
+    /// This grant asking for `params`' scopes, audience and resources instead of its own;
+    /// the refresh-token series is the same.
+    async fn fetch_token_for(&self, params: &crate::TokenParams) -> Result<AccessToken> {
         match self.store.get() {
-            None => self.refresh_alone().await,
-            Some(store) => self.refresh_shared(store).await,
+            None => self.refresh_alone(params).await,
+            Some(store) => self.refresh_shared(store, params).await,
         }
     }
+
+    async fn fetch_token(&self) -> Result<AccessToken> {
+        self.fetch_token_for(&crate::TokenParams::default()).await
+    }
+
+    // `store_key_for` is the default: the series' own key, with the params hashed in.
 }
 
 impl fmt::Debug for RefreshToken {

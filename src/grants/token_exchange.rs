@@ -377,6 +377,15 @@ impl TokenSource for TokenExchange {
         self.endpoint.dpop_key().cloned()
     }
 
+    /// This exchange asking for `params`' scopes, audience and resources instead of its own.
+    async fn fetch_token_for(&self, params: &crate::TokenParams) -> Result<AccessToken> {
+        self.with_params(params).fetch_token().await
+    }
+
+    fn store_key_for(&self, params: &crate::TokenParams) -> Option<String> {
+        self.with_params(params).store_key()
+    }
+
     async fn fetch_token(&self) -> Result<AccessToken> {
         if let Some(client) = &self.client {
             client.check()?;
@@ -416,6 +425,22 @@ impl TokenSource for TokenExchange {
             request = client.authenticate(request);
         }
         request.send().await
+    }
+}
+
+impl TokenExchange {
+    fn with_params(&self, params: &crate::TokenParams) -> Self {
+        let mut this = self.clone();
+        if !params.scopes().is_empty() {
+            this.scopes = params.scopes().to_vec();
+        }
+        if let Some(audience) = params.audience_value() {
+            this.audiences = vec![audience.to_owned()];
+        }
+        if !params.resources().is_empty() {
+            this.resources = params.resources().to_vec();
+        }
+        this
     }
 }
 

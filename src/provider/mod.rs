@@ -12,6 +12,7 @@ mod cache;
 mod config;
 mod fleet;
 mod flight;
+mod keyed;
 mod retry;
 mod storm;
 
@@ -33,6 +34,7 @@ use cache::Cached;
 use config::Config;
 use fleet::Fleet;
 use flight::{Flight, Reason};
+pub use keyed::{KeyedTokenProvider, KeyedTokenProviderBuilder};
 use retry::Failure;
 use storm::StormGuard;
 

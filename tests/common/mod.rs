@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(all(feature = "reqwest", feature = "tower"))]
+pub mod cloud;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 
