@@ -243,15 +243,21 @@
 //! | DEBUG | `server metadata fetched` | `issuer`, `url` |
 //! | WARN | `re-fetching the server's metadata failed: using what it said before` | `issuer`, `error` |
 //! | ERROR | `the token provider cannot use its token store` | `error` |
-//! | DEBUG | `access token taken from the token store` | `key` |
-//! | DEBUG | `a stored entry did not open or has expired: ignored` | `key` |
 //! | WARN | `the token store failed: fetching tokens without it until it answers again` | `provider`, `key`, `operation`, `error` (once per outage) |
 //! | INFO | `the token store answers again` | `provider`, `key` |
-//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `key` |
-//! | WARN | `the refresh token's lease was not released; it lapses by itself` | `error` |
+//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `provider`, `key`, `waited_ms` |
+//! | DEBUG | `the token store did not renew the refresh lease (lost, or a store that cannot renew): another process may fetch too` | `key` |
+//! | DEBUG | `access token taken from the token store` | `key` |
+//! | DEBUG | `a stored entry did not open or has expired: ignored` | `key` |
+//! | DEBUG | `the Redis server refused RESP3: waiting processes poll instead of being notified` | `error` |
+//! | DEBUG | `the Redis store could not subscribe to its notifications: polling` | `error` |
 //! | WARN | `the stored refresh token does not open (another key, or garbage): using this process's` | |
 //! | WARN | `another process stored a refresh token while this one held the lease: keeping theirs` | |
 //! | WARN | `the rotated refresh token is kept in memory until the store takes it` | `error` |
+//! | WARN | `the refresh token's lease was not released; it lapses by itself` | `error` |
+//!
+//! A store event's `key` is the entry's name in the store (a keyed hash, never a secret);
+//! its `error` is scrubbed like every error of this crate.
 //!
 //! The emulator logs its own DEBUG events, each starting with `emulator:`.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -4,10 +4,12 @@
 //! One file per concern: this one holds the provider's public face and its fast path;
 //! [`cache`] where a token's refresh points fall, [`flight`] the shared refresh and its
 //! hand-off between runtimes, [`retry`] the failure policy (backoff, cool-down), [`storm`]
-//! what a rejection may cost, and [`builder`] the settings.
+//! what a rejection may cost, [`fleet`] the sharing through a token store, [`config`] the
+//! settings and [`builder`] what sets them.
 
 mod builder;
 mod cache;
+mod config;
 mod fleet;
 mod flight;
 mod keyed;
@@ -29,9 +31,9 @@ use crate::quiet_panic::Passed;
 use crate::source::TokenSource;
 use crate::token::AccessToken;
 
-use builder::Config;
 pub use builder::TokenProviderBuilder;
 use cache::Cached;
+use config::Config;
 use fleet::Fleet;
 use flight::{Flight, Reason};
 pub use keyed::{KeyedTokenProvider, KeyedTokenProviderBuilder};
@@ -116,6 +118,8 @@ struct Inner {
     /// Why the provider cannot work (a store it was built with is refused): every caller
     /// gets this.
     misconfigured: Option<Error>,
+    /// When the provider was built (wall clock): when a refused store became its error.
+    created: SystemTime,
 }
 
 /// What changes only under the state lock.
@@ -228,6 +232,12 @@ impl TokenProvider {
         inner
             .metrics
             .ready(cached.as_ref().is_some_and(|c| c.usable(now)));
+        // A store the provider was built with and cannot use fails every call: say so.
+        let store_error = match (&inner.fleet, &inner.misconfigured) {
+            (Some(fleet), _) => fleet.status.last_error(),
+            (None, Some(error)) => Some((error.to_string(), inner.created)),
+            (None, None) => None,
+        };
         Health {
             token_cached: cached.is_some(),
             expires_in: cached.as_ref().map(|c| until(c.token.expires_at())),
@@ -235,7 +245,10 @@ impl TokenProvider {
             refresh_in: cached.as_ref().map(|c| until(c.refresh_at)),
             refreshing: state.flight.is_some(),
             consecutive_failures: state.consecutive_failures,
-            last_error: state.last_error.clone(),
+            last_error: state
+                .last_error
+                .clone()
+                .or_else(|| inner.misconfigured.clone()),
             last_refresh: state.last_refresh,
             token_requests: inner.token_requests.load(Ordering::Relaxed),
             forced_refreshes: inner.forced_refreshes.load(Ordering::Relaxed),
@@ -245,10 +258,13 @@ impl TokenProvider {
                 .as_ref()
                 .map(|f| until(f.retry_at))
                 .filter(|d| !d.is_zero()),
-            store_ok: inner
-                .fleet
-                .as_ref()
-                .map(|f| f.healthy.load(Ordering::Relaxed)),
+            store_ok: match (&inner.fleet, &inner.misconfigured) {
+                (Some(fleet), _) => Some(fleet.status.ok()),
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            },
+            store_error_at: store_error.as_ref().map(|(_, at)| *at),
+            store_error: store_error.map(|(text, _)| text),
         }
     }
 
@@ -280,14 +296,13 @@ impl Inner {
         config: Config,
         fleet: std::result::Result<Option<Fleet>, Error>,
     ) -> Self {
-        let (mut fleet, misconfigured) = match fleet {
+        let (fleet, misconfigured) = match fleet {
             Ok(fleet) => (fleet, None),
             Err(error) => (None, Some(error)),
         };
-        if let Some(fleet) = &mut fleet {
+        if let Some(fleet) = &fleet {
             // The store gauge, too, exists from the start: healthy until a call fails.
-            metrics.store_call(true);
-            fleet.metrics = Some(metrics.clone());
+            fleet.status.set_metrics(metrics.clone());
         }
         // The `ready` gauge exists from the start, so a dashboard sees a provider that never
         // got a token.
@@ -306,6 +321,7 @@ impl Inner {
             nonce_resends: AtomicU64::new(0),
             fleet,
             misconfigured,
+            created: SystemTime::now(),
         }
     }
 

@@ -14,8 +14,8 @@ use crate::defaults::MAX_COOLDOWN;
 use crate::error::{Error, Result};
 use crate::token::AccessToken;
 
-use super::builder::Config;
 use super::cache::{self, Cached, later};
+use super::config::Config;
 use super::flight::Flight;
 use super::{Inner, State};
 
