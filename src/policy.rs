@@ -805,9 +805,24 @@ mod tests {
             WWW_AUTHENTICATE,
             r#"Bearer error="insufficient_scope""#.parse().unwrap(),
         );
+        // Not cured by a fresh token of the same scope: a step-up, where one is possible.
         assert_eq!(
             AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
-            Verdict::Other
+            Verdict::Scope
+        );
+        assert_eq!(
+            AuthPolicy::verdict(StatusCode::FORBIDDEN, &headers, false),
+            Verdict::Scope
+        );
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer resource_metadata="https://api.example.com/.well-known/oauth-protected-resource""#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            AuthPolicy::verdict(StatusCode::UNAUTHORIZED, &headers, false),
+            Verdict::Discover
         );
     }
 
