@@ -321,7 +321,7 @@ where
                 // No token yet, but its 401 may say where to get one (RFC 9728).
                 future.grpc = AuthPolicy::is_grpc(request.headers());
                 future.min = request.extensions().get::<MinValidity>().copied();
-                future.watched = Some(request.uri().clone());
+                future.watched = Some(Box::new(request.uri().clone()));
                 match send(&mut self.inner, shared, &mut future, None, request) {
                     Ok(fut) => State::Call { fut },
                     Err(error) => State::Failed {
@@ -499,7 +499,7 @@ pin_project_lite::pin_project! {
         // The origin a DPoP proof was made for: its answers' `DPoP-Nonce` is kept.
         origin: Option<String>,
         // The URI of a request sent without a token and watched for an RFC 9728 challenge.
-        watched: Option<Uri>,
+        watched: Option<Box<Uri>>,
     }
 }
 
@@ -584,7 +584,7 @@ where
                     let resend = this.resend.take();
                     let uri = this
                         .watched
-                        .as_ref()
+                        .as_deref()
                         .or(resend.as_ref().map(|r| &r.uri))
                         .map(ToString::to_string)
                         .unwrap_or_default();

@@ -251,14 +251,17 @@ impl AuthPolicy {
     /// The route that covers `target`, the longest path prefix first.
     fn route_for(&self, target: &impl Target, headers: &HeaderMap) -> Option<Pick> {
         let path = target.path();
+        // The destination, parsed out of the target once, not once per route.
+        let destination = match (target.scheme(), target.host_port()) {
+            (Some(scheme), Some((host, port))) => Ok((scheme, host, port)),
+            _ => Err(headers.get(HOST).and_then(|h| h.to_str().ok())),
+        };
         let covers = |route: &Route| -> bool {
-            match (target.scheme(), target.host()) {
-                (Some(scheme), Some(host)) => route.origin.matches(scheme, host, target.port()),
-                _ => match headers.get(HOST).and_then(|h| h.to_str().ok()) {
-                    Some(authority) => route.origin.has_authority(authority),
-                    // The channel's endpoint decides where it goes: the first route's origin.
-                    None => route.origin == self.routes[0].origin,
-                },
+            match destination {
+                Ok((scheme, host, port)) => route.origin.matches(scheme, host, port),
+                Err(Some(authority)) => route.origin.has_authority(authority),
+                // The channel's endpoint decides where it goes: the first route's origin.
+                Err(None) => route.origin == self.routes[0].origin,
             }
         };
         let mut best: Option<(usize, usize)> = None;

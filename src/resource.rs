@@ -90,7 +90,7 @@ impl ResourceDiscovery {
 
     /// The learned destination covering `target`, the longest path first.
     pub(crate) fn learned_for(&self, target: &impl Target) -> Option<usize> {
-        let (Some(scheme), Some(host)) = (target.scheme(), target.host()) else {
+        let (Some(scheme), Some((host, port))) = (target.scheme(), target.host_port()) else {
             return None;
         };
         let learned = self.learned.load();
@@ -99,7 +99,7 @@ impl ResourceDiscovery {
         for (index, l) in learned.iter().enumerate() {
             if let Some(len) = l.route.match_len(path)
                 && best.is_none_or(|(_, best_len)| len > best_len)
-                && l.route.origin.matches(scheme, host, target.port())
+                && l.route.origin.matches(scheme, host, port)
             {
                 best = Some((index, len));
             }

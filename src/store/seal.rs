@@ -4,7 +4,7 @@
 //! store's encryption keys, opened with any (a fleet rolling to a new key). Plaintext only
 //! where explicitly allowed, and then a sealed-only reader refuses it.
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use super::StoreConfig;
@@ -75,7 +75,9 @@ impl Sealer {
             out.extend_from_slice(entry);
             return out;
         };
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the operating system's random source works");
+        let nonce = XNonce::from(nonce);
         let aad = self.associated_data(store_key);
         let sealed = cipher
             .encrypt(
