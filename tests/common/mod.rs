@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod oidc_provider;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 
