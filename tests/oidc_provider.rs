@@ -83,7 +83,10 @@ async fn client_credentials_with_a_resource_by_every_client_authentication() {
 
         let token = source.resource(b).fetch_token().await.unwrap();
         let claims = server.verify(token.expose_secret(), b).await;
-        assert_ne!(claims["aud"], a, "{method}: the resource decides the audience");
+        assert_ne!(
+            claims["aud"], a,
+            "{method}: the resource decides the audience"
+        );
     }
     assert_eq!(server.token_requests(Some("client_credentials")).await, 10);
 }
@@ -235,7 +238,9 @@ async fn discovery_against_the_real_server() {
         .scope("api:write")
         .resource(server.resource_b());
     let token = TokenProvider::new(source).token().await.unwrap();
-    let claims = server.verify(token.expose_secret(), server.resource_b()).await;
+    let claims = server
+        .verify(token.expose_secret(), server.resource_b())
+        .await;
     assert_eq!(scope_of(&claims), "api:write");
 
     // The document names `http://127.0.0.1:PORT`, not the issuer asked for.

@@ -34,7 +34,8 @@ pub struct OidcProvider {
     pub resources: Vec<String>,
     /// Refresh tokens of [`client("refresh")`](Self::client), minted at start through the
     /// provider's models (what an authorization-code flow leaves), for both resources: three,
-    /// each of its own grant (spending one twice revokes its grant only).
+    /// each of its own grant (spending one twice revokes its grant only). None when
+    /// `--auth-methods` leaves out `client_secret_basic`, the refresh client's.
     pub refresh_tokens: Vec<String>,
     /// Its scope: `openid offline_access api:read api:write`.
     pub refresh_scope: String,
@@ -82,7 +83,10 @@ impl OidcProvider {
             });
         let stdin = child.stdin.take().expect("stdin is piped");
         let stderr = Arc::new(Mutex::new(String::new()));
-        drain(child.stderr.take().expect("stderr is piped"), Arc::clone(&stderr));
+        drain(
+            child.stderr.take().expect("stderr is piped"),
+            Arc::clone(&stderr),
+        );
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         std::thread::spawn(move || {
@@ -174,6 +178,14 @@ impl OidcProvider {
         }
     }
 
+    /// The token requests so far that carried the client authentication `method`
+    /// (`client_secret_basic`, `client_secret_post`, `client_secret_jwt`, `private_key_jwt`,
+    /// `none`), as the server script saw them on the wire.
+    pub async fn token_requests_by(&self, method: &str) -> u64 {
+        let stats = self.get_json("/test/stats").await;
+        stats["by_client_auth"][method].as_u64().unwrap_or(0)
+    }
+
     /// Checks `token` as a resource server for `audience` would: a JWT signed by this
     /// server's key (from its `jwks_uri`), with `iss` this issuer, `aud` `audience` and `exp`
     /// in the future. Returns its claims; panics with the reason if it is not such a token.
@@ -184,7 +196,9 @@ impl OidcProvider {
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_value(self.get_json("/jwks").await).expect("a JWK set");
         let kid = header.kid.as_deref().expect("the access token has a kid");
-        let jwk = jwks.find(kid).expect("the access token's key is the server's");
+        let jwk = jwks
+            .find(kid)
+            .expect("the access token's key is the server's");
         let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("a usable JWK");
         let mut validation = jsonwebtoken::Validation::new(header.alg);
         validation.set_audience(&[audience]);

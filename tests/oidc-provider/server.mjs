@@ -22,8 +22,9 @@
 //   extension point: RFC 7523 JWT-bearer (an assertion signed with the RSA test key, whose
 //   `iss` names the client: RFC 7523 §3.1 needs no other client authentication) and RFC 8693
 //   token exchange (a subject token this provider issued, for a resource);
-// - `GET /test/stats`: how many token requests came, by grant type (what oidc-provider
-//   does not count), for tests of the client's single flight.
+// - `GET /test/stats`: how many token requests came, by grant type and by the client
+//   authentication they carried (what oidc-provider does not count: it takes
+//   client_secret_basic and client_secret_post alike from a client registered with either).
 //
 // Options: `--port N`; `--auth-methods a,b` (token_endpoint_auth_methods_supported, default
 // the four above and `none`, the JWT-bearer client's); `--auth-algs a,b` (token_endpoint_auth_signing_alg_values_supported,
@@ -200,13 +201,15 @@ server.listen(port, '127.0.0.1', async () => {
   try {
     const issuer = `http://127.0.0.1:${server.address().port}`;
     const provider = new Provider(issuer, configuration);
-    const stats = { token_requests: 0, by_grant_type: {} };
+    const stats = { token_requests: 0, by_grant_type: {}, by_client_auth: {} };
     provider.use(testRoutes(provider, stats));
     registerJwtBearer(provider);
     registerTokenExchange(provider);
     server.on('request', provider.callback());
+    // None when `--auth-methods` leaves out the refresh client's method: it is not a valid
+    // client of this server then.
     const refreshTokens = [];
-    for (let i = 0; i < 3; i += 1) {
+    for (let i = 0; i < 3 && authMethods.includes(CLIENTS.refresh.method); i += 1) {
       refreshTokens.push(await mintRefreshToken(provider));
     }
     process.stdout.write(`${JSON.stringify({
@@ -264,6 +267,8 @@ function testRoutes(provider, stats) {
       const grantType = String(form.grant_type);
       stats.token_requests += 1;
       stats.by_grant_type[grantType] = (stats.by_grant_type[grantType] || 0) + 1;
+      const auth = clientAuthOf(ctx, form);
+      stats.by_client_auth[auth] = (stats.by_client_auth[auth] || 0) + 1;
       if (grantType === JWT_BEARER && !form.client_id && !ctx.headers.authorization) {
         const claims = decodeJwt(String(form.assertion || ''))?.payload;
         if (typeof claims?.iss === 'string') {
@@ -275,6 +280,17 @@ function testRoutes(provider, stats) {
     }
     await next();
   };
+}
+
+/** The client authentication a token request carries, by RFC 8414's names. */
+function clientAuthOf(ctx, form) {
+  if (form.client_assertion) {
+    const alg = decodeJwt(String(form.client_assertion))?.header?.alg;
+    return alg === 'HS256' ? 'client_secret_jwt' : 'private_key_jwt';
+  }
+  if (/^basic /i.test(ctx.headers.authorization || '')) return 'client_secret_basic';
+  if (form.client_secret) return 'client_secret_post';
+  return 'none';
 }
 
 async function readBody(req) {
