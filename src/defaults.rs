@@ -143,3 +143,11 @@ pub const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 36
 /// hour costs nothing next to the token requests it serves, and a token endpoint that moves
 /// is found within the hour; a failed re-fetch keeps the old metadata.
 pub const DEFAULT_DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+/// Keys a [`KeyedTokenProvider`](crate::KeyedTokenProvider) keeps: a gateway or an agent talks
+/// to tens of APIs, each wanting its own scope, audience or resource, so 256 distinct keys is
+/// far beyond what a service needs, and bounds what a stream of distinct keys (a bug, or
+/// parameters taken from requests) can hold: about 256 providers of a few hundred bytes and
+/// their tokens, well under a megabyte. An evicted key costs one token request when it comes
+/// back.
+pub const DEFAULT_MAX_KEYS: usize = 256;

@@ -320,6 +320,33 @@ pub enum Error {
     )]
     DpopNotBound,
 
+    /// A platform's identity service (a cloud metadata server, Azure IMDS or App Service,
+    /// Google STS or IAM Credentials) answered with something other than a token, or could
+    /// not be reached. `problem` names what is wrong and the variable or setting to check.
+    #[error("{service}: {problem}")]
+    Cloud {
+        /// The service and where it was asked, e.g. `the GCP metadata server at
+        /// http://169.254.169.254`.
+        service: String,
+        /// What went wrong, e.g. "the answer lacks the `Metadata-Flavor: Google` header".
+        problem: String,
+        /// Whether trying again later may help (a timeout, a 5xx, a 429).
+        transient: bool,
+        /// How long the service asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+
+    /// A chain of credential sources (Google's Application Default Credentials) found none:
+    /// `tried` lists each place looked and why it gave nothing.
+    #[error("no {chain} found; tried: {}", tried.join("; "))]
+    NoCredentialsFound {
+        /// What was looked for, e.g. `Google Application Default Credentials`.
+        chain: &'static str,
+        /// Each place tried, in order, with what it gave, e.g.
+        /// `GOOGLE_APPLICATION_CREDENTIALS (not set)`.
+        tried: Vec<String>,
+    },
+
     /// The metadata document names another issuer than the one asked for (RFC 8414 §3.3):
     /// refused, as a mix-up attack or a misconfiguration would look.
     #[error("the metadata of issuer {expected} names issuer {found}: refused (RFC 8414 §3.3)")]
@@ -409,7 +436,8 @@ impl Error {
     /// (with or without an OAuth2 body), the OAuth2 codes `temporarily_unavailable` and
     /// `slow_down`, a caller's [`WaitTimeout`](Error::WaitTimeout), a token that
     /// [expired on arrival](Error::ExpiredOnArrival), a [store](Error::Store) that failed,
-    /// and sources, subject tokens and discovery fetches that said so.
+    /// and sources, subject tokens, discovery fetches and cloud identity services that
+    /// said so.
     /// Everything else — bad credentials, `invalid_grant`, `invalid_client`, malformed
     /// responses, redirects, configuration — is permanent. A [`Retried`](Error::Retried)
     /// error is what its last attempt was.
@@ -426,7 +454,8 @@ impl Error {
             Self::Source { transient, .. }
             | Self::Signer { transient, .. }
             | Self::SubjectToken { transient, .. }
-            | Self::Discovery { transient, .. } => *transient,
+            | Self::Discovery { transient, .. }
+            | Self::Cloud { transient, .. } => *transient,
             Self::Store(_) => true,
             Self::Retried { last, .. } => last.is_transient(),
             _ => false,
@@ -436,7 +465,9 @@ impl Error {
     /// The delay the server asked for with `Retry-After`, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.last_attempt() {
-            Self::OAuth { retry_after, .. } | Self::HttpStatus { retry_after, .. } => *retry_after,
+            Self::OAuth { retry_after, .. }
+            | Self::HttpStatus { retry_after, .. }
+            | Self::Cloud { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -15,9 +15,12 @@ use tower_service::Service;
 
 use crate::defaults::DEFAULT_REPLAY_LIMIT;
 use crate::error::Result;
-use crate::policy::{AuthPolicy, MinValidity, Verdict};
-use crate::provider::TokenProvider;
+use crate::grants::client::OAuthClient;
+use crate::params::TokenParams;
+use crate::policy::{Again, AuthPolicy, First, MinValidity, Pick, Tokens, Verdict};
+use crate::provider::{KeyedTokenProvider, TokenProvider};
 use crate::replay::{Replay, ReplayBody};
+use crate::resource::ResourceDiscovery;
 use crate::token::AccessToken;
 
 /// The error type of [`AuthService`]: the inner service's error or a [`crate::Error`],
@@ -94,13 +97,56 @@ pub struct AuthLayer {
     replay_limit: usize,
 }
 
+const ALLOW_WITH: &str = "`AuthLayer::allow_http(true)`";
+
 impl AuthLayer {
     /// Authenticates requests with tokens from `provider`.
     pub fn new(provider: TokenProvider) -> Self {
+        Self::with_policy(AuthPolicy::new(Tokens::One(provider), ALLOW_WITH))
+    }
+
+    /// Authenticates requests with tokens from a [`KeyedTokenProvider`], for the
+    /// [`TokenParams`] of each request's [`route`](Self::route): one credential, a token per
+    /// destination. A request no route covers gets no token; without routes, every request
+    /// gets the default parameters' token. A 401 or 403 `insufficient_scope` whose
+    /// challenge names the scope a routed request lacks is answered once with a token for
+    /// the union of scopes (a step-up), which the route keeps once it worked.
+    pub fn keyed(provider: KeyedTokenProvider) -> Self {
+        Self::with_policy(AuthPolicy::new(Tokens::Keyed(provider), ALLOW_WITH))
+    }
+
+    /// Authenticates requests with tokens found by RFC 9728 discovery for `client`; see
+    /// [`AuthMiddleware::discovering`](crate::AuthMiddleware::discovering), which behaves
+    /// the same. Default: no issuer allowed ([`allow_issuers`](Self::allow_issuers)).
+    pub fn discovering(client: OAuthClient) -> Self {
+        let mut policy = AuthPolicy::new(Tokens::Discovered, ALLOW_WITH);
+        policy.set_discovery(ResourceDiscovery::new(client, Vec::new()));
+        Self::with_policy(policy)
+    }
+
+    fn with_policy(policy: AuthPolicy) -> Self {
         Self {
-            policy: AuthPolicy::new(provider, "`AuthLayer::allow_http(true)`"),
+            policy,
             replay_limit: DEFAULT_REPLAY_LIMIT,
         }
+    }
+
+    /// The authorization servers RFC 9728 discovery may use for a layer made with
+    /// [`discovering`](Self::discovering); replaces the list. Default: none.
+    pub fn allow_issuers(mut self, issuers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.policy
+            .allow_issuers(issuers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sends requests to `target` — an origin, or an origin and a path prefix matched at a
+    /// segment boundary — with tokens for `params` from a [`keyed`](Self::keyed) provider;
+    /// the longest matching prefix wins, and a request no route covers gets no token. A
+    /// target that does not parse, or parameters without a keyed provider, make every
+    /// request fail with [`Error::Config`](crate::Error::Config). Default: no routes.
+    pub fn route(mut self, target: &str, params: TokenParams) -> Self {
+        self.policy.add_route(target, params);
+        self
     }
 
     /// Allows sending tokens over plain `http://` to hosts that are not loopback. Anyone on
@@ -254,10 +300,13 @@ where
             service: None,
             shared: Arc::clone(shared),
             token: None,
+            pick: None,
+            again: None,
             resend: None,
             grpc: false,
             min: None,
             origin: None,
+            watched: None,
         };
         future.state = match shared
             .policy
@@ -266,22 +315,38 @@ where
             Err(error) => State::Failed {
                 error: Some(error.into()),
             },
-            Ok(false) => State::Plain {
+            Ok(None)
+                if shared.policy.discovers() && !request.headers().contains_key(AUTHORIZATION) =>
+            {
+                // No token yet, but its 401 may say where to get one (RFC 9728).
+                future.grpc = AuthPolicy::is_grpc(request.headers());
+                future.min = request.extensions().get::<MinValidity>().copied();
+                future.watched = Some(request.uri().clone());
+                match send(&mut self.inner, shared, &mut future, None, request) {
+                    Ok(fut) => State::Call { fut },
+                    Err(error) => State::Failed {
+                        error: Some(error.into()),
+                    },
+                }
+            }
+            Ok(None) => State::Plain {
                 fut: self.inner.call(request),
             },
-            Ok(true) => {
+            Ok(Some(pick)) => {
+                future.pick = Some(pick);
                 future.grpc = AuthPolicy::is_grpc(request.headers());
                 future.min = request.extensions().get::<MinValidity>().copied();
                 let min = future.min;
-                match shared.policy.cached_token(min.as_ref()) {
+                match shared.policy.cached_token(pick, min.as_ref()) {
                     // Sent in place: the polled-ready service is called at once.
-                    Some(token) => match send(&mut self.inner, shared, &mut future, token, request)
-                    {
-                        Ok(fut) => State::Call { fut },
-                        Err(error) => State::Failed {
-                            error: Some(error.into()),
-                        },
-                    },
+                    Some(token) => {
+                        match send(&mut self.inner, shared, &mut future, Some(token), request) {
+                            Ok(fut) => State::Call { fut },
+                            Err(error) => State::Failed {
+                                error: Some(error.into()),
+                            },
+                        }
+                    }
                     None => {
                         // Called later: the polled-ready service goes into the future, and
                         // a clone takes its place here.
@@ -290,7 +355,7 @@ where
                         let policy = shared.policy.clone();
                         State::Token {
                             slow: Box::new(Slow {
-                                fut: Box::pin(async move { policy.token(min, None).await }),
+                                fut: Box::pin(async move { policy.token(pick, min, None).await }),
                                 value: Some(request),
                             }),
                         }
@@ -302,13 +367,13 @@ where
     }
 }
 
-/// Attaches `token`, keeps what a resend needs (only if the body can be replayed) and sends
-/// the request.
+/// Attaches `token` (if any: a request watched for discovery has none), keeps what a
+/// resend needs (only if the body can be replayed) and sends the request.
 fn send<S, B>(
     service: &mut S,
     shared: &Shared<S>,
     slots: &mut impl Slots<B>,
-    token: AccessToken,
+    token: Option<AccessToken>,
     request: Request<B>,
 ) -> Result<S::Future>
 where
@@ -316,13 +381,15 @@ where
     B: ReplayBody,
 {
     let (mut parts, body) = request.into_parts();
-    let origin = shared
-        .policy
-        .attach(&mut parts.headers, &parts.method, &parts.uri, &token)?;
-    *slots.origin() = origin;
+    if let Some(token) = &token {
+        let origin = shared
+            .policy
+            .attach(&mut parts.headers, &parts.method, &parts.uri, token)?;
+        *slots.origin() = origin;
+    }
     let (body, replay) = body.into_replay(shared.replay_limit);
     if replay.is_possible() {
-        let mut headers = Vec::with_capacity(parts.headers.len() - 1);
+        let mut headers = Vec::with_capacity(parts.headers.len().saturating_sub(1));
         headers.extend(
             parts
                 .headers
@@ -339,7 +406,7 @@ where
             body: replay,
         });
     }
-    *slots.token() = Some(token);
+    *slots.token() = token;
     Ok(service.call(Request::from_parts(parts, body)))
 }
 
@@ -389,7 +456,7 @@ struct Slow<F, T> {
     value: Option<T>,
 }
 type RetryFuture<B> =
-    Pin<Box<dyn Future<Output = (Result<Option<AccessToken>>, Option<Resend<B>>)> + Send>>;
+    Pin<Box<dyn Future<Output = (Result<Option<Again>>, Option<Resend<B>>)> + Send>>;
 
 /// How long a rejected request waits for the connection to hand back a request body it was
 /// still sending. A connection lets go of it microseconds after the response; half a second
@@ -422,11 +489,17 @@ pin_project_lite::pin_project! {
         service: Option<S>,
         shared: Arc<Shared<S>>,
         token: Option<AccessToken>,
+        // The first send's tokens: `None` for a request without a token.
+        pick: Option<Pick>,
+        // The resend's token, after a rejection, a step-up, a discovery or a nonce.
+        again: Option<Again>,
         resend: Option<Resend<B>>,
         grpc: bool,
         min: Option<MinValidity>,
         // The origin a DPoP proof was made for: its answers' `DPoP-Nonce` is kept.
         origin: Option<String>,
+        // The URI of a request sent without a token and watched for an RFC 9728 challenge.
+        watched: Option<Uri>,
     }
 }
 
@@ -474,35 +547,50 @@ where
                         resend: this.resend,
                         origin: this.origin,
                     };
-                    match send(service, this.shared, &mut slots, token, request) {
+                    match send(service, this.shared, &mut slots, Some(token), request) {
                         Ok(fut) => State::Call { fut },
                         Err(error) => return Poll::Ready(Err(error.into())),
                     }
                 }
                 StateProj::Call { fut } => {
                     let response = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    let token = this.token.as_ref().expect("a token was attached");
-                    this.shared
-                        .policy
-                        .note_nonce(this.origin.as_deref(), response.headers());
-                    let nonce = match AuthPolicy::verdict(
-                        response.status(),
-                        response.headers(),
-                        *this.grpc,
-                    ) {
-                        Verdict::Accepted => {
+                    let verdict =
+                        AuthPolicy::verdict(response.status(), response.headers(), *this.grpc);
+                    let nonce = match (this.token.as_ref(), verdict) {
+                        (Some(token), Verdict::Accepted) => {
                             token.mark_accepted();
                             return Poll::Ready(Ok(response));
                         }
-                        Verdict::Other => return Poll::Ready(Ok(response)),
+                        (Some(_), Verdict::Other) => return Poll::Ready(Ok(response)),
                         // Not a rejection of the token: the same token, a proof with the
                         // server's nonce.
-                        Verdict::Nonce if token.dpop_key().is_some() => true,
-                        Verdict::Nonce | Verdict::Rejected => false,
+                        (Some(token), Verdict::Nonce) if token.dpop_key().is_some() => true,
+                        (Some(_), _) => false,
+                        // Without a token, only an RFC 9728 challenge is worth an answer.
+                        (None, Verdict::Discover) => false,
+                        (None, _) => return Poll::Ready(Ok(response)),
                     };
-                    let (policy, token, min) =
-                        (this.shared.policy.clone(), token.clone(), *this.min);
+                    if this.token.is_some() {
+                        this.shared
+                            .policy
+                            .note_nonce(this.origin.as_deref(), response.headers());
+                    }
+                    let (policy, token, min, pick) = (
+                        this.shared.policy.clone(),
+                        this.token.clone(),
+                        *this.min,
+                        *this.pick,
+                    );
                     let resend = this.resend.take();
+                    let uri = this
+                        .watched
+                        .as_ref()
+                        .or(resend.as_ref().map(|r| &r.uri))
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    // The challenge is read from the answer's headers, which the answer
+                    // keeps while the recovery runs.
+                    let headers = response.headers().clone();
                     let settled = resend.as_ref().map(|r| r.body.settled(HANDBACK_WAIT));
                     State::Rejected {
                         slow: Box::new(Slow {
@@ -513,24 +601,35 @@ where
                                 let replayable =
                                     resend.as_ref().is_some_and(|r| r.body.can_replay());
                                 if nonce {
+                                    let (Some(token), Some(pick)) = (token, pick) else {
+                                        return (Ok(None), resend);
+                                    };
                                     if replayable {
-                                        policy.nonce_resend();
+                                        policy.nonce_resend(pick);
                                     }
-                                    return (Ok(replayable.then_some(token)), resend);
+                                    let again = Again::same(token, pick);
+                                    return (Ok(replayable.then_some(again)), resend);
                                 }
-                                let fresh =
-                                    policy.after_rejection(&token, replayable, min, None).await;
-                                (fresh, resend)
+                                let first = First {
+                                    pick,
+                                    sent: token.as_ref(),
+                                    uri: &uri,
+                                    min,
+                                    deadline: None,
+                                };
+                                let again =
+                                    policy.recover(&first, verdict, &headers, replayable).await;
+                                (again, resend)
                             }),
                             value: Some(response),
                         }),
                     }
                 }
                 StateProj::Rejected { slow } => {
-                    let (fresh, resend) = ready!(slow.fut.as_mut().poll(cx));
-                    let fresh = fresh?;
+                    let (again, resend) = ready!(slow.fut.as_mut().poll(cx));
+                    let again = again?;
                     let response = slow.value.take().expect("polled after completion");
-                    let Some((fresh, resend)) = fresh.zip(resend) else {
+                    let Some((again, resend)) = again.zip(resend) else {
                         return Poll::Ready(Ok(response));
                     };
                     let Some(body) = resend.body.into_body() else {
@@ -548,11 +647,13 @@ where
                     }
                     *request.extensions_mut() = resend.extensions;
                     let (method, uri) = (request.method().clone(), request.uri().clone());
-                    *this.origin =
-                        this.shared
-                            .policy
-                            .attach(request.headers_mut(), &method, &uri, &fresh)?;
-                    *this.token = Some(fresh);
+                    *this.origin = this.shared.policy.attach(
+                        request.headers_mut(),
+                        &method,
+                        &uri,
+                        &again.token,
+                    )?;
+                    *this.again = Some(again);
                     State::Ready {
                         request: Box::new(Some(request)),
                     }
@@ -579,10 +680,10 @@ where
                     this.shared
                         .policy
                         .note_nonce(this.origin.as_deref(), response.headers());
-                    if let Some(token) = this.token.as_ref() {
+                    if let Some(again) = this.again.as_ref() {
                         let verdict =
                             AuthPolicy::verdict(response.status(), response.headers(), *this.grpc);
-                        this.shared.policy.after_resend(token, verdict);
+                        this.shared.policy.after_resend(again, verdict);
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -68,6 +68,8 @@
 //! | an OAuth2 client id and secret | [`ClientCredentials`] |
 //! | a refresh token, rotated safely across processes | [`RefreshToken`] |
 //! | a workload token exchanged (RFC 8693: Kubernetes, GitHub Actions) | [`TokenExchange`] |
+//! | Google Cloud: ADC, the metadata server, ID tokens, workload identity federation, impersonation (feature `gcp`) | [`gcp::ApplicationDefaultCredentials`], [`gcp::MetadataServer`], [`gcp::ExternalAccount`], [`gcp::ImpersonatedServiceAccount`] |
+//! | Azure: managed identity (VM, App Service, Functions), AKS workload identity (feature `azure`) | [`azure::ManagedIdentity`], [`azure::WorkloadIdentity`] |
 //! | the token endpoint from the issuer's metadata (RFC 8414) | [`TokenEndpoint::discover`] |
 //! | another grant | [`TokenEndpoint`], wrapped in a closure |
 //! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
@@ -164,6 +166,8 @@
 //! | `tonic` | no | `tonic::body::Body` replayable, so `AuthLayer` goes straight over a tonic `Channel` |
 //! | `metrics` | no | counters, gauges and a histogram through the `metrics` facade (see [`health`]) |
 //! | `redis` | no | [`store::RedisStore`]: one token for a fleet of processes on many hosts |
+//! | `gcp` | no | [`gcp`]: the metadata server (access and ID tokens), Application Default Credentials, workload identity federation, impersonation |
+//! | `azure` | no | [`azure`]: managed identity (IMDS, App Service and Functions), AKS workload identity |
 //!
 //! The core ([`TokenProvider`], the grants, [`TokenEndpoint`]) is always there, and every key
 //! type signs in every feature combination: aws-lc-rs when `aws-lc` is on, the RustCrypto
@@ -270,8 +274,12 @@ mod provider;
 mod quiet_panic;
 #[cfg(feature = "tower")]
 mod replay;
+mod resource;
+mod route;
 pub mod signing;
 mod source;
+#[cfg(any(feature = "gcp", feature = "azure"))]
+mod sources;
 pub mod store;
 pub use metadata::ServerMetadata;
 mod token;
@@ -303,9 +311,17 @@ pub use layer::{AuthLayer, AuthService, BoxError, ResponseFuture};
 pub use middleware::AuthMiddleware;
 pub use params::TokenParams;
 pub use policy::MinValidity;
-pub use provider::{TokenProvider, TokenProviderBuilder};
+pub use provider::{
+    KeyedTokenProvider, KeyedTokenProviderBuilder, TokenProvider, TokenProviderBuilder,
+};
 #[cfg(feature = "tower")]
 pub use replay::{RecordingBody, Replay, ReplayBody};
 pub use signing::{Signer, SigningAlgorithm, SigningKey};
 pub use source::TokenSource;
+#[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
+pub use sources::azure;
+#[cfg(feature = "gcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gcp")))]
+pub use sources::gcp;
 pub use token::AccessToken;

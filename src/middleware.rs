@@ -8,9 +8,11 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
-use crate::policy::{AuthPolicy, MinValidity, Verdict};
-use crate::provider::TokenProvider;
-use crate::token::AccessToken;
+use crate::grants::client::OAuthClient;
+use crate::params::TokenParams;
+use crate::policy::{Again, AuthPolicy, First, MinValidity, Tokens, Verdict};
+use crate::provider::{KeyedTokenProvider, TokenProvider};
+use crate::resource::ResourceDiscovery;
 use crate::transport::same_origin;
 
 /// A `reqwest-middleware` middleware that attaches `Authorization: Bearer <token>` from a
@@ -103,12 +105,63 @@ pub struct AuthMiddleware {
     policy: AuthPolicy,
 }
 
+const ALLOW_WITH: &str = "`AuthMiddleware::allow_http(true)`";
+
 impl AuthMiddleware {
     /// Authenticates requests with tokens from `provider`.
     pub fn new(provider: TokenProvider) -> Self {
         Self {
-            policy: AuthPolicy::new(provider, "`AuthMiddleware::allow_http(true)`"),
+            policy: AuthPolicy::new(Tokens::One(provider), ALLOW_WITH),
         }
+    }
+
+    /// Authenticates requests with tokens from a [`KeyedTokenProvider`], for the
+    /// [`TokenParams`] of each request's [`route`](Self::route): one credential, a token per
+    /// destination. A request no route covers gets no token; without routes, every request
+    /// gets the default parameters' token. A 401 or 403 `insufficient_scope` whose
+    /// challenge names the scope a routed request lacks is answered once with a token for
+    /// the union of scopes (a step-up), which the route keeps once it worked; the storm
+    /// guard of that key bounds what a server that always asks for more can cost.
+    pub fn keyed(provider: KeyedTokenProvider) -> Self {
+        Self {
+            policy: AuthPolicy::new(Tokens::Keyed(provider), ALLOW_WITH),
+        }
+    }
+
+    /// Authenticates requests with tokens found by RFC 9728 discovery from the resource
+    /// itself, for `client` (client credentials): a 401 whose `WWW-Authenticate` names
+    /// `resource_metadata` leads to the resource's metadata (fetched once per hour, no
+    /// redirects, size-capped), whose `resource` must be the resource asked, and to the
+    /// first of its `authorization_servers` that [`allow_issuers`](Self::allow_issuers)
+    /// allows; a token for that `resource` (and the challenge's `scope`, or the metadata's
+    /// `scopes_supported`) comes from that issuer's token endpoint (RFC 8414 discovery),
+    /// and the request is sent again once. Later requests to the resource get the token at
+    /// once. An issuer the user did not allow is never sent anything: the 401 comes back
+    /// as it is. Default: no issuer allowed.
+    pub fn discovering(client: OAuthClient) -> Self {
+        let mut policy = AuthPolicy::new(Tokens::Discovered, ALLOW_WITH);
+        policy.set_discovery(ResourceDiscovery::new(client, Vec::new()));
+        Self { policy }
+    }
+
+    /// The authorization servers (issuer identifiers, e.g. `https://login.example.com`)
+    /// that RFC 9728 discovery may use for a client made with
+    /// [`discovering`](Self::discovering); replaces the list. Default: none.
+    pub fn allow_issuers(mut self, issuers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.policy
+            .allow_issuers(issuers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sends requests to `target` — an origin (`https://api.example.com`) or an origin and
+    /// a path prefix (`https://api.example.com/admin`, matched at a segment boundary) — with
+    /// tokens for `params` from a [`keyed`](Self::keyed) provider. The route with the longest
+    /// matching prefix wins; a request no route covers gets no token. A target that does not
+    /// parse, or parameters without a keyed provider, make every request fail with
+    /// [`Error::Config`](crate::Error::Config). Default: no routes.
+    pub fn route(mut self, target: &str, params: TokenParams) -> Self {
+        self.policy.add_route(target, params);
+        self
     }
 
     /// Allows sending tokens over plain `http://` to hosts that are not loopback. Anyone on
@@ -163,21 +216,24 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let attach = self
+        let pick = self
             .policy
             .should_attach(req.url(), req.headers())
             .map_err(token_error)?;
-        if !attach {
-            return next.run(req, extensions).await;
-        }
         let min = extensions.get::<MinValidity>().copied();
         // A timeout too long to add to the clock is no deadline at all.
         let deadline = req.timeout().and_then(|t| Instant::now().checked_add(*t));
-        let token = match self.policy.cached_token(min.as_ref()) {
+        let Some(pick) = pick else {
+            if !self.policy.discovers() || req.headers().contains_key(http::header::AUTHORIZATION) {
+                return next.run(req, extensions).await;
+            }
+            return self.watch(req, min, deadline, extensions, next).await;
+        };
+        let token = match self.policy.cached_token(pick, min.as_ref()) {
             Some(token) => token,
             None => self
                 .policy
-                .token(min, deadline)
+                .token(pick, min, deadline)
                 .await
                 .map_err(token_error)?,
         };
@@ -212,7 +268,8 @@ impl Middleware for AuthMiddleware {
         }
         self.policy
             .note_nonce(origin.as_deref(), response.headers());
-        match AuthPolicy::verdict(response.status(), response.headers(), sent.grpc) {
+        let verdict = AuthPolicy::verdict(response.status(), response.headers(), sent.grpc);
+        match verdict {
             Verdict::Accepted => {
                 token.mark_accepted();
                 return Ok(response);
@@ -224,20 +281,28 @@ impl Middleware for AuthMiddleware {
                     return Ok(response);
                 };
                 drop(response);
-                self.policy.nonce_resend();
-                return self.resend(replay, sent, token, next, extensions).await;
+                self.policy.nonce_resend(pick);
+                let again = Again::same(token, pick);
+                return self.resend(replay, sent, again, next, extensions).await;
             }
-            Verdict::Nonce | Verdict::Rejected => {}
+            _ => {}
         }
-        let fresh = self
+        let first = First {
+            pick: Some(pick),
+            sent: Some(&token),
+            uri: sent.url.as_str(),
+            min,
+            deadline,
+        };
+        let again = self
             .policy
-            .after_rejection(&token, replay.is_some(), min, deadline)
+            .recover(&first, verdict, response.headers(), replay.is_some())
             .await
             .map_err(token_error)?;
-        match (fresh, replay) {
-            (Some(fresh), Some(replay)) => {
+        match (again, replay) {
+            (Some(again), Some(replay)) => {
                 drop(response);
-                self.resend(replay, sent, fresh, next, extensions).await
+                self.resend(replay, sent, again, next, extensions).await
             }
             _ => Ok(response),
         }
@@ -245,35 +310,85 @@ impl Middleware for AuthMiddleware {
 }
 
 impl AuthMiddleware {
-    /// Sends `replay` of the request `sent` again with `token` (a fresh one after a
-    /// rejection, the same one with the server's DPoP nonce) and reports its answer: there
-    /// is no second resend.
+    /// Sends a request that gets no token, watching its answer for an RFC 9728 challenge:
+    /// discovery may find the resource's authorization server, and then the request is sent
+    /// again once with a token.
+    async fn watch(
+        &self,
+        req: Request,
+        min: Option<MinValidity>,
+        deadline: Option<Instant>,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let sent = Sent {
+            url: req.url().clone(),
+            deadline,
+            grpc: AuthPolicy::is_grpc(req.headers()),
+        };
+        let replay = Resend::of(&req);
+        let response = next.clone().run(req, extensions).await?;
+        if !same_origin(response.url(), &sent.url)
+            || AuthPolicy::verdict(response.status(), response.headers(), sent.grpc)
+                != Verdict::Discover
+        {
+            return Ok(response);
+        }
+        let first = First {
+            pick: None,
+            sent: None,
+            uri: sent.url.as_str(),
+            min,
+            deadline,
+        };
+        let again = self
+            .policy
+            .recover(
+                &first,
+                Verdict::Discover,
+                response.headers(),
+                replay.is_some(),
+            )
+            .await
+            .map_err(token_error)?;
+        match (again, replay) {
+            (Some(again), Some(replay)) => {
+                drop(response);
+                self.resend(replay, sent, again, next, extensions).await
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// Sends `replay` of the request `sent` again with `again`'s token (a fresh one after a
+    /// rejection, a wider one after `insufficient_scope`, a discovered one, or the same one
+    /// with the server's DPoP nonce) and reports its answer: there is no second resend.
     async fn resend(
         &self,
         replay: Resend,
         sent: Sent,
-        token: AccessToken,
+        again: Again,
         next: Next<'_>,
         extensions: &mut Extensions,
     ) -> reqwest_middleware::Result<Response> {
         let method = replay.method.clone();
         let mut replay = replay.into_request(sent.url);
-        let uri = if token.dpop_key().is_some() {
+        let uri = if again.token.dpop_key().is_some() {
             url_to_uri(replay.url())
         } else {
             http::Uri::default()
         };
         let origin = self
             .policy
-            .attach(replay.headers_mut(), &method, &uri, &token)
+            .attach(replay.headers_mut(), &method, &uri, &again.token)
             .map_err(token_error)?;
         set_remaining(&mut replay, sent.deadline);
         let mut response = next.run(replay, extensions).await?;
         self.policy
             .note_nonce(origin.as_deref(), response.headers());
         let verdict = AuthPolicy::verdict(response.status(), response.headers(), sent.grpc);
-        self.policy.after_resend(&token, verdict);
-        response.extensions_mut().insert(token);
+        self.policy.after_resend(&again, verdict);
+        response.extensions_mut().insert(again.token);
         Ok(response)
     }
 }

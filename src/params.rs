@@ -133,11 +133,6 @@ impl TokenParams {
             .all(|s| self.inner.scopes.binary_search(s).is_ok())
     }
 
-    /// The hash computed once, for the keyed provider's map.
-    pub(crate) fn precomputed_hash(&self) -> u64 {
-        self.inner.hash
-    }
-
     fn change(self, edit: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Inner {
             scopes: self.inner.scopes.clone(),

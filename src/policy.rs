@@ -2,7 +2,6 @@
 //! and what to do about one.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,7 +10,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::provider::{TokenProvider, Want};
+use crate::params::TokenParams;
+use crate::provider::{KeyedTokenProvider, TokenProvider, Want};
+use crate::resource::ResourceDiscovery;
+use crate::route::{Route, Target};
 use crate::token::AccessToken;
 use crate::transport::check_transport;
 
@@ -31,110 +33,6 @@ use crate::transport::check_transport;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MinValidity(pub Duration);
 
-/// The origin a token is bound to: scheme, host and port.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Origin {
-    /// Parses `https://api.example.com[:port]` (a path is ignored).
-    fn parse(origin: &str) -> Result<Self> {
-        let invalid =
-            |why: &str| Error::Config(format!("for_origin({origin:?}): not an origin: {why}"));
-        let uri: http::Uri = origin.parse().map_err(|_| invalid("not a URL"))?;
-        let scheme = uri
-            .scheme_str()
-            .ok_or_else(|| invalid("it has no scheme"))?;
-        let host = uri.host().ok_or_else(|| invalid("it has no host"))?;
-        Self::new(scheme, host, uri.port_u16()).ok_or_else(|| invalid("only http and https"))
-    }
-
-    fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
-        let scheme = scheme.to_ascii_lowercase();
-        let default = match scheme.as_str() {
-            "https" => 443,
-            "http" => 80,
-            _ => return None,
-        };
-        Some(Self {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase(),
-            port: port.unwrap_or(default),
-            scheme,
-        })
-    }
-
-    /// Whether `authority` (`host[:port]`, from a `Host` header) names this origin.
-    fn has_authority(&self, authority: &str) -> bool {
-        let Ok(authority) = authority.parse::<http::uri::Authority>() else {
-            return false;
-        };
-        Self::new(&self.scheme, authority.host(), authority.port_u16()).as_ref() == Some(self)
-    }
-}
-
-impl Origin {
-    /// `scheme://host[:port]`, the port left out where it is the scheme's default (as a
-    /// URI names it, so that a proof's `htu` matches).
-    fn url(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match (self.scheme.as_str(), self.port) {
-            ("https", 443) | ("http", 80) => format!("{}://{host}", self.scheme),
-            (scheme, port) => format!("{scheme}://{host}:{port}"),
-        }
-    }
-}
-
-impl fmt::Debug for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
-/// Where a request is going, as far as the policy needs to know. The host and port are
-/// asked for only when needed (plain http, bound origins): parsing them out of a URI is
-/// most of what checking costs.
-pub(crate) trait Target {
-    fn scheme(&self) -> Option<&str>;
-    fn host(&self) -> Option<&str>;
-    /// The port, the scheme's default when none is written.
-    fn port(&self) -> Option<u16>;
-}
-
-impl Target for http::Uri {
-    fn scheme(&self) -> Option<&str> {
-        self.scheme_str()
-    }
-    fn host(&self) -> Option<&str> {
-        http::Uri::host(self)
-    }
-    fn port(&self) -> Option<u16> {
-        self.port_u16()
-    }
-}
-
-#[cfg(feature = "reqwest")]
-impl Target for reqwest::Url {
-    fn scheme(&self) -> Option<&str> {
-        Some(reqwest::Url::scheme(self))
-    }
-    fn host(&self) -> Option<&str> {
-        self.host_str()
-    }
-    fn port(&self) -> Option<u16> {
-        self.port_or_known_default()
-    }
-}
-
 /// What a response says about the token the request carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -145,18 +43,80 @@ pub(crate) enum Verdict {
     /// HTTP 401 `WWW-Authenticate: DPoP error="use_dpop_nonce"` with a `DPoP-Nonce`: the
     /// token is fine, the proof lacked the server's nonce; sent again with it, once.
     Nonce,
-    /// Neither: a 5xx, or a rejection a fresh token does not cure (`insufficient_scope`).
+    /// HTTP 401 or 403 `WWW-Authenticate: Bearer error="insufficient_scope"`: a fresh token
+    /// of the same scope does not cure it; one with the scope the challenge names may (a
+    /// step-up, for a keyed provider's routed request).
+    Scope,
+    /// HTTP 401 with an RFC 9728 `resource_metadata` challenge: the resource says where its
+    /// authorization server is (for a request without a token, with discovery on).
+    Discover,
+    /// Neither: a 5xx, or a rejection a fresh token does not cure (a bad DPoP proof).
     Other,
+}
+
+/// What a request's first send was, for [`AuthPolicy::recover`]: its pick and token (none
+/// for a request watched for discovery), its URI, and what its caller asked for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct First<'a> {
+    pub(crate) pick: Option<Pick>,
+    pub(crate) sent: Option<&'a AccessToken>,
+    pub(crate) uri: &'a str,
+    pub(crate) min: Option<MinValidity>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// A request to send again, after [`AuthPolicy::recover`]: with `token`, of `pick`.
+#[derive(Clone, Debug)]
+pub(crate) struct Again {
+    pub(crate) token: AccessToken,
+    pub(crate) pick: Pick,
+    /// The wider parameters of a step-up, kept for the route if the resend works.
+    stepped: Option<TokenParams>,
+}
+
+impl Again {
+    /// The same token again (with the server's DPoP nonce).
+    pub(crate) fn same(token: AccessToken, pick: Pick) -> Self {
+        Self {
+            token,
+            pick,
+            stepped: None,
+        }
+    }
+}
+
+/// Which tokens a request gets: the policy's choice for its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// No routes: the provider's token (a keyed provider's default key).
+    Default,
+    /// The route at this index.
+    Route(usize),
+    /// The route discovery learned at this index.
+    Learned(usize),
+}
+
+/// Where a policy's tokens come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Tokens {
+    One(TokenProvider),
+    Keyed(KeyedTokenProvider),
+    /// Only from what RFC 9728 discovery learns.
+    Discovered,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct AuthPolicy {
-    provider: TokenProvider,
+    tokens: Tokens,
     allow_http: bool,
-    /// Bound origins; `None`: every origin.
-    origins: Option<Arc<[Origin]>>,
-    /// An origin given to `for_origin` that does not parse: every request fails with it.
+    /// Bound destinations and their token parameters; empty: every origin, the default
+    /// parameters.
+    routes: Arc<[Route]>,
+    /// A route that does not parse, or one the tokens cannot serve: every request fails
+    /// with it.
     bad_origin: Option<Error>,
+    /// RFC 9728 discovery of a resource's authorization server, when asked for.
+    discovery: Option<Arc<ResourceDiscovery>>,
     /// Longest token wait per request; `None`: the provider's `max_wait`.
     max_token_wait: Option<Duration>,
     allow_with: &'static str,
@@ -167,12 +127,13 @@ pub(crate) struct AuthPolicy {
 
 impl AuthPolicy {
     /// `allow_with` names the integration's `allow_http` setter for error messages.
-    pub(crate) fn new(provider: TokenProvider, allow_with: &'static str) -> Self {
+    pub(crate) fn new(tokens: Tokens, allow_with: &'static str) -> Self {
         Self {
-            provider,
+            tokens,
             allow_http: false,
-            origins: None,
+            routes: Arc::from(Vec::new()),
             bad_origin: None,
+            discovery: None,
             max_token_wait: None,
             nonces: Arc::default(),
             allow_with,
@@ -183,55 +144,96 @@ impl AuthPolicy {
         self.allow_http = allow;
     }
 
-    /// Adds an origin tokens are bound to. An invalid one makes every request fail with
-    /// [`Error::Config`] naming it: a typo must send tokens neither nowhere nor everywhere.
+    /// Adds an origin tokens are bound to, with the default parameters. An invalid one
+    /// makes every request fail with [`Error::Config`] naming it: a typo must send tokens
+    /// neither nowhere nor everywhere.
     pub(crate) fn add_origin(&mut self, origin: &str) {
-        let origin = match Origin::parse(origin) {
-            Ok(origin) => origin,
+        self.add_route(origin, TokenParams::default());
+    }
+
+    /// Adds a route: requests to `target` (an origin, or an origin and a path prefix) get
+    /// tokens for `params`. Parameters need a keyed provider; a route for a destination
+    /// given before replaces it.
+    pub(crate) fn add_route(&mut self, target: &str, params: TokenParams) {
+        let route = match Route::parse(target, params) {
+            Ok(route) => route,
             Err(error) => {
                 self.bad_origin.get_or_insert(error);
                 return;
             }
         };
-        let mut origins = self.origins.as_deref().unwrap_or_default().to_vec();
-        if !origins.contains(&origin) {
-            origins.push(origin);
+        if !route.params.is_empty() && !matches!(self.tokens, Tokens::Keyed(_)) {
+            self.bad_origin.get_or_insert(Error::Config(format!(
+                "route({target:?}, {:?}): token parameters need a keyed provider \
+                 (TokenProvider::keyed and the integration's keyed constructor)",
+                route.params
+            )));
+            return;
         }
-        self.origins = Some(origins.into());
+        let mut routes = self.routes.to_vec();
+        routes.retain(|r| !r.same_destination(&route));
+        routes.push(route);
+        self.routes = routes.into();
+    }
+
+    /// Turns on RFC 9728 discovery: a 401 whose challenge names `resource_metadata` leads
+    /// to the resource's authorization server, if `discovery` allows it.
+    pub(crate) fn set_discovery(&mut self, discovery: ResourceDiscovery) {
+        self.discovery = Some(Arc::new(discovery));
+    }
+
+    /// Replaces the issuers RFC 9728 discovery may use.
+    pub(crate) fn allow_issuers(&mut self, issuers: Vec<String>) {
+        if let Some(discovery) = &self.discovery {
+            self.discovery = Some(Arc::new(discovery.with_allowed(issuers)));
+        }
+    }
+
+    /// Whether a request that gets no token must still be watched: with discovery on, its
+    /// 401 may name the authorization server to get one from.
+    pub(crate) fn discovers(&self) -> bool {
+        self.discovery.is_some()
     }
 
     pub(crate) fn set_max_token_wait(&mut self, max: Duration) {
         self.max_token_wait = Some(max);
     }
 
-    /// Whether to attach a token to a request for `target` with `headers`:
+    /// Which tokens a request for `target` with `headers` gets:
     ///
-    /// - `Ok(false)`: the caller set `Authorization`, or tokens are bound to other origins;
-    ///   send the request as it is;
-    /// - `Err`: plain http to a host that is not loopback;
-    /// - `Ok(true)`: attach.
+    /// - `Ok(None)`: none — the caller set `Authorization`, or no route (and no learned
+    ///   route) covers the destination; send the request as it is;
+    /// - `Err`: plain http to a host that is not loopback, or a route that does not parse;
+    /// - `Ok(Some(pick))`: attach a token of `pick`.
     ///
-    /// An origin-form request (no scheme or host, as a tonic channel sends) is attached to;
-    /// with bound origins, its `Host` header, if any, must name one of them.
-    pub(crate) fn should_attach(&self, target: &impl Target, headers: &HeaderMap) -> Result<bool> {
+    /// Among the routes that cover the destination the one with the longest path prefix
+    /// wins. An origin-form request (no scheme or host, as a tonic channel sends) is matched
+    /// by its `Host` header, and without one goes to the first route's origin.
+    pub(crate) fn should_attach(
+        &self,
+        target: &impl Target,
+        headers: &HeaderMap,
+    ) -> Result<Option<Pick>> {
         if headers.contains_key(AUTHORIZATION) {
-            return Ok(false);
+            return Ok(None);
         }
         if let Some(error) = &self.bad_origin {
             return Err(error.clone());
         }
-        if let Some(origins) = &self.origins {
-            let bound = match (target.scheme(), target.host()) {
-                (Some(scheme), Some(host)) => Origin::new(scheme, host, target.port())
-                    .is_some_and(|origin| origins.contains(&origin)),
-                _ => match headers.get(HOST).and_then(|h| h.to_str().ok()) {
-                    Some(authority) => origins.iter().any(|o| o.has_authority(authority)),
-                    None => true,
-                },
-            };
-            if !bound {
-                return Ok(false);
+        let pick = if self.routes.is_empty() {
+            match self.tokens {
+                Tokens::Discovered => None,
+                _ => Some(Pick::Default),
             }
+        } else {
+            self.route_for(target, headers)
+        };
+        let pick = match (pick, &self.discovery) {
+            (None, Some(discovery)) => discovery.learned_for(target).map(Pick::Learned),
+            (pick, _) => pick,
+        };
+        if pick.is_none() {
+            return Ok(None);
         }
         let scheme = target.scheme();
         if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
@@ -243,29 +245,107 @@ impl AuthPolicy {
                 self.allow_with,
             )?;
         }
-        Ok(true)
+        Ok(pick)
+    }
+
+    /// The route that covers `target`, the longest path prefix first.
+    fn route_for(&self, target: &impl Target, headers: &HeaderMap) -> Option<Pick> {
+        let path = target.path();
+        let covers = |route: &Route| -> bool {
+            match (target.scheme(), target.host()) {
+                (Some(scheme), Some(host)) => route.origin.matches(scheme, host, target.port()),
+                _ => match headers.get(HOST).and_then(|h| h.to_str().ok()) {
+                    Some(authority) => route.origin.has_authority(authority),
+                    // The channel's endpoint decides where it goes: the first route's origin.
+                    None => route.origin == self.routes[0].origin,
+                },
+            }
+        };
+        let mut best: Option<(usize, usize)> = None;
+        for (index, route) in self.routes.iter().enumerate() {
+            if let Some(len) = route.match_len(path)
+                && best.is_none_or(|(_, best_len)| len > best_len)
+                && covers(route)
+            {
+                best = Some((index, len));
+            }
+        }
+        best.map(|(index, _)| Pick::Route(index))
+    }
+
+    /// The parameters of `pick`'s tokens (a step-up's wider ones once it worked).
+    fn params(&self, pick: Pick) -> TokenParams {
+        match pick {
+            Pick::Default => TokenParams::default(),
+            Pick::Route(index) => {
+                let route = &self.routes[index];
+                match &*route.stepped.load() {
+                    Some(stepped) => TokenParams::clone(stepped),
+                    None => route.params.clone(),
+                }
+            }
+            Pick::Learned(index) => self
+                .discovery
+                .as_ref()
+                .and_then(|d| d.learned(index))
+                .map(|l| l.params)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The provider of `pick`'s tokens.
+    fn provider(&self, pick: Pick) -> Result<TokenProvider> {
+        if let Pick::Learned(index) = pick {
+            let learned = self
+                .discovery
+                .as_ref()
+                .and_then(|d| d.learned(index))
+                .ok_or_else(|| Error::Config("a discovered route is gone".into()))?;
+            return Ok(learned.provider.provider_for(&learned.params));
+        }
+        match &self.tokens {
+            Tokens::One(provider) => Ok(provider.clone()),
+            Tokens::Keyed(keyed) => Ok(keyed.provider_for(&self.params(pick))),
+            Tokens::Discovered => Err(Error::Config(
+                "no token for this destination: discovery has not found its authorization \
+                 server"
+                    .into(),
+            )),
+        }
     }
 
     /// The token to attach, if it can be had without waiting: the fast path.
-    pub(crate) fn cached_token(&self, min: Option<&MinValidity>) -> Option<AccessToken> {
-        self.provider.cached(min.map_or(Duration::ZERO, |m| m.0))
+    pub(crate) fn cached_token(
+        &self,
+        pick: Pick,
+        min: Option<&MinValidity>,
+    ) -> Option<AccessToken> {
+        let min = min.map_or(Duration::ZERO, |m| m.0);
+        match (&self.tokens, pick) {
+            (Tokens::One(provider), Pick::Default | Pick::Route(_)) => provider.cached(min),
+            (Tokens::Keyed(keyed), Pick::Default) => keyed.cached_for(&TokenParams::default(), min),
+            (Tokens::Keyed(keyed), Pick::Route(index)) => {
+                let route = &self.routes[index];
+                match &*route.stepped.load() {
+                    Some(stepped) => keyed.cached_for(stepped, min),
+                    None => keyed.cached_for(&route.params, min),
+                }
+            }
+            (_, Pick::Learned(index)) => self.discovery.as_ref()?.cached_for(index, min),
+            (Tokens::Discovered, _) => None,
+        }
     }
 
     /// The token to attach, waiting for a refresh if need be, at most until `deadline` (the
     /// request's own) and for at most the policy's `max_token_wait`.
     pub(crate) async fn token(
         &self,
+        pick: Pick,
         min: Option<MinValidity>,
         deadline: Option<Instant>,
     ) -> Result<AccessToken> {
-        let own = self
-            .max_token_wait
-            .and_then(|max| Instant::now().checked_add(max));
-        let deadline = match (deadline, own) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.provider
+        let deadline = self.deadline(deadline);
+        self.provider(pick)?
             .token_with(Want {
                 min_validity: min.map_or(Duration::ZERO, |m| m.0),
                 deadline,
@@ -297,9 +377,23 @@ impl AuthPolicy {
                 // A proof the server refuses is not cured by a fresh token, nor by the same
                 // proof again.
                 Some("invalid_dpop_proof") => Verdict::Other,
-                _ if scope => Verdict::Other,
+                _ if scope => Verdict::Scope,
+                _ if challenges()
+                    .any(|v| challenge_param(v, "bearer", "resource_metadata").is_some()) =>
+                {
+                    Verdict::Discover
+                }
                 _ => Verdict::Rejected,
             };
+        }
+        if status == StatusCode::FORBIDDEN
+            && headers.get_all(WWW_AUTHENTICATE).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    challenge_error(v, "bearer").as_deref() == Some("insufficient_scope")
+                })
+            })
+        {
+            return Verdict::Scope;
         }
         if grpc
             && headers
@@ -322,52 +416,178 @@ impl AuthPolicy {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     }
 
-    /// After the server rejected `sent`: reports it to the provider (storm guard included)
-    /// and, if the request can be `replayable`, returns a fresh token to resend with.
-    /// `None`: return the rejection as it is — the storm guard held, the request cannot be
-    /// replayed, or the provider has no newer token.
-    pub(crate) async fn after_rejection(
+    /// After an answer that did not accept the request (`verdict`): what to send it again
+    /// with, if anything. `pick` and `sent` are what the first send had (none: a request
+    /// sent without a token, watched for discovery); `headers` is the answer's, `uri` the
+    /// request's.
+    ///
+    /// - [`Verdict::Rejected`] (or a `resource_metadata` 401 to a request that had a
+    ///   token): the rejection is reported to the provider (storm guard included) and a
+    ///   fresh token is returned, unless the guard held, the request cannot be replayed, or
+    ///   the provider has no newer token.
+    /// - [`Verdict::Scope`] to a routed request of a keyed provider whose challenge names a
+    ///   scope the token lacks: a token for the union of scopes (a step-up), under its own
+    ///   key, once per request.
+    /// - [`Verdict::Discover`] to a request without a token: RFC 9728 discovery, if on; the
+    ///   destination is learned either way, so the next request has a token at once.
+    ///
+    /// `None`: return the answer as it is.
+    pub(crate) async fn recover(
         &self,
+        first: &First<'_>,
+        verdict: Verdict,
+        headers: &HeaderMap,
+        replayable: bool,
+    ) -> Result<Option<Again>> {
+        let First {
+            pick,
+            sent,
+            uri,
+            min,
+            deadline,
+        } = *first;
+        match (verdict, pick, sent) {
+            (Verdict::Rejected | Verdict::Discover | Verdict::Nonce, Some(pick), Some(sent)) => {
+                let fresh = self
+                    .after_rejection(pick, sent, replayable, min, deadline)
+                    .await?;
+                Ok(fresh.map(|token| Again {
+                    token,
+                    pick,
+                    stepped: None,
+                }))
+            }
+            (Verdict::Scope, Some(pick @ Pick::Route(index)), Some(sent)) => {
+                let Tokens::Keyed(keyed) = &self.tokens else {
+                    return Ok(None);
+                };
+                let Some(scope) = bearer_param(headers, "scope") else {
+                    return Ok(None);
+                };
+                let current = self.params(pick);
+                let wanted = current.union(&TokenParams::scope(&scope));
+                if wanted == current || !replayable {
+                    // The token had every scope named, or nothing can be resent: a step-up
+                    // would not help this request.
+                    return Ok(None);
+                }
+                tracing::debug!(
+                    route = index,
+                    "insufficient scope: stepping up to a token with the scopes the server named"
+                );
+                let token = keyed
+                    .provider_for(&wanted)
+                    .token_with(Want {
+                        min_validity: min.map_or(Duration::ZERO, |m| m.0),
+                        deadline: self.deadline(deadline),
+                    })
+                    .await?;
+                if token.same_value(sent) {
+                    return Ok(None);
+                }
+                Ok(Some(Again {
+                    token,
+                    pick,
+                    stepped: Some(wanted),
+                }))
+            }
+            (Verdict::Discover, None, None) => {
+                let Some(discovery) = &self.discovery else {
+                    return Ok(None);
+                };
+                let Some(url) = bearer_param(headers, "resource_metadata") else {
+                    return Ok(None);
+                };
+                let scope = bearer_param(headers, "scope");
+                let Some(index) = discovery.discover(&url, uri, scope.as_deref()).await? else {
+                    return Ok(None);
+                };
+                if !replayable {
+                    return Ok(None);
+                }
+                let pick = Pick::Learned(index);
+                let token = self.token(pick, min, deadline).await?;
+                Ok(Some(Again {
+                    token,
+                    pick,
+                    stepped: None,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A request's own deadline, within the policy's `max_token_wait`.
+    fn deadline(&self, deadline: Option<Instant>) -> Option<Instant> {
+        let own = self
+            .max_token_wait
+            .and_then(|max| Instant::now().checked_add(max));
+        match (deadline, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// After the server rejected `sent`: reports it to `pick`'s provider (storm guard
+    /// included) and, if the request can be `replayable`, returns a fresh token to resend
+    /// with. `None`: return the rejection as it is — the storm guard held, the request
+    /// cannot be replayed, or the provider has no newer token.
+    async fn after_rejection(
+        &self,
+        pick: Pick,
         sent: &AccessToken,
         replayable: bool,
         min: Option<MinValidity>,
         deadline: Option<Instant>,
     ) -> Result<Option<AccessToken>> {
-        if !self.provider.reject(sent) {
+        let provider = self.provider(pick)?;
+        if !provider.reject(sent) {
             return Ok(None);
         }
         if !replayable {
             tracing::debug!("token rejected for a request that cannot be replayed: returning it");
             return Ok(None);
         }
-        let fresh = self.token(min, deadline).await?;
+        let fresh = self.token(pick, min, deadline).await?;
         if fresh.same_value(sent) {
             tracing::debug!("token rejected, but the provider has no newer one: returning it");
             return Ok(None);
         }
         tracing::debug!("token rejected: resending once with a fresh one");
-        self.provider.record_resend();
+        provider.record_resend();
         Ok(Some(fresh))
     }
 
     /// A request goes out again with the server's DPoP nonce: counted for `Health` and the
     /// metrics.
-    pub(crate) fn nonce_resend(&self) {
-        self.provider.record_nonce_resend();
+    pub(crate) fn nonce_resend(&self, pick: Pick) {
+        if let Ok(provider) = self.provider(pick) {
+            provider.record_nonce_resend();
+        }
     }
 
-    /// After the resend with `fresh`: records what its answer says of that token. A rejection
-    /// is reported to the provider like any other, so that a fresh token the API refuses
+    /// After the resend `again`: records what its answer says of its token. A rejection is
+    /// reported to the provider like any other, so that a fresh token the API refuses
     /// before it ever worked tells the storm guard that refreshing does not help; there is
-    /// no second resend whatever it decides.
-    pub(crate) fn after_resend(&self, fresh: &AccessToken, verdict: Verdict) {
+    /// no second resend whatever it decides. A step-up that worked is kept for its route.
+    pub(crate) fn after_resend(&self, again: &Again, verdict: Verdict) {
         match verdict {
-            Verdict::Accepted => fresh.mark_accepted(),
-            Verdict::Rejected => {
-                self.provider.reject(fresh);
+            Verdict::Accepted => {
+                again.token.mark_accepted();
+                if let (Some(stepped), Pick::Route(index)) = (&again.stepped, again.pick) {
+                    self.routes[index]
+                        .stepped
+                        .store(Some(Arc::new(stepped.clone())));
+                }
             }
-            // A nonce demanded again of a resend: its answer goes to the caller as it is.
-            Verdict::Other | Verdict::Nonce => {}
+            Verdict::Rejected | Verdict::Discover => {
+                if let Ok(provider) = self.provider(again.pick) {
+                    provider.reject(&again.token);
+                }
+            }
+            // A nonce demanded again of a resend, or a scope still missing after a step-up:
+            // its answer goes to the caller as it is.
+            Verdict::Other | Verdict::Nonce | Verdict::Scope => {}
         }
     }
 
@@ -429,8 +649,8 @@ impl AuthPolicy {
             let origin = format!("{scheme}://{authority}");
             return Ok((origin.clone(), format!("{origin}{path}")));
         }
-        let origin = match (self.origins.as_deref(), headers.get(HOST)) {
-            (Some([origin, ..]), _) => origin.url(),
+        let origin = match (self.routes.first(), headers.get(HOST)) {
+            (Some(route), _) => route.origin.url(),
             (None, Some(host)) => format!(
                 "https://{}",
                 host.to_str()
@@ -452,6 +672,13 @@ impl AuthPolicy {
 /// `WWW-Authenticate` value (RFC 6750 §3, RFC 9449 §7.1), e.g. `insufficient_scope` in
 /// `Bearer realm="x", error="insufficient_scope"`.
 fn challenge_error(header: &str, wanted: &str) -> Option<String> {
+    challenge_param(header, wanted, "error")
+}
+
+/// The parameter `param` of the challenge of scheme `wanted` (lowercase) in a
+/// `WWW-Authenticate` value, unquoted: `error`, `scope` (RFC 6750 §3),
+/// `resource_metadata` (RFC 9728 §5.1).
+fn challenge_param(header: &str, wanted: &str, param: &str) -> Option<String> {
     let mut scheme_is_bearer = false;
     for item in split_unquoted(header, ',') {
         let item = item.trim();
@@ -459,7 +686,7 @@ fn challenge_error(header: &str, wanted: &str) -> Option<String> {
             continue;
         }
         // A new challenge starts with a scheme token that is not followed by `=`.
-        let param = match item.split_once(char::is_whitespace) {
+        let item_param = match item.split_once(char::is_whitespace) {
             Some((first, rest)) if !first.contains('=') => {
                 scheme_is_bearer = first.eq_ignore_ascii_case(wanted);
                 rest.trim()
@@ -470,14 +697,23 @@ fn challenge_error(header: &str, wanted: &str) -> Option<String> {
             }
             _ => item,
         };
-        if let Some((name, value)) = param.split_once('=')
+        if let Some((name, value)) = item_param.split_once('=')
             && scheme_is_bearer
-            && name.trim().eq_ignore_ascii_case("error")
+            && name.trim().eq_ignore_ascii_case(param)
         {
             return Some(value.trim().trim_matches('"').to_owned());
         }
     }
     None
+}
+
+/// The parameter `name` of a Bearer challenge among an answer's `WWW-Authenticate` values.
+fn bearer_param(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| challenge_param(v, "bearer", name))
 }
 
 /// Splits at `sep` outside double quotes.
@@ -499,6 +735,7 @@ fn split_unquoted(text: &str, sep: char) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Origin;
 
     #[test]
     fn bearer_errors_are_read_from_challenges() {

@@ -127,12 +127,10 @@ pub(super) fn refuse_method(
         )));
     }
     match (alg, algs) {
-        (Some(alg), Some(algs)) if !algs.iter().any(|a| *a == alg) => {
-            Some(Rejection::client(format!(
-                "this server does not accept client assertions signed {alg} \
+        (Some(alg), Some(algs)) if !algs.contains(&alg) => Some(Rejection::client(format!(
+            "this server does not accept client assertions signed {alg} \
                  (token_endpoint_auth_signing_alg_values_supported)"
-            )))
-        }
+        ))),
         _ => None,
     }
 }

@@ -97,6 +97,16 @@
 //!   last line, `{"error":{"code":16,"message":"the access token has expired","status":"UNAUTHENTICATED"}}`
 //!   (or `"…has been revoked"`), and a clean end of the body.
 //!
+//! # Cloud identity services
+//!
+//! The GCP metadata server, Google STS and IAM Credentials, Azure IMDS and App Service, and
+//! an Entra token endpoint that takes federated client assertions, on the same port; see
+//! [`CloudStats`] and the methods that name them ([`sts_url`](Emulator::sts_url),
+//! [`imds_endpoint`](Emulator::imds_endpoint), [`federated_token`](Emulator::federated_token),
+//! …). The metadata server's host is the emulator's address
+//! (`GCE_METADATA_HOST=127.0.0.1:PORT`, or `MetadataServer::endpoint(emulator.origin())`).
+//! Tokens they issue are the emulator's like any other: the API routes take them.
+//!
 //! # Controls
 //!
 //! [`set_token_ttl`](Emulator::set_token_ttl), [`revoke_all`](Emulator::revoke_all) (which
@@ -140,6 +150,7 @@ use token_refresh::{ClientCredentials, ServiceAccount};
 
 mod body;
 mod client_auth;
+mod cloud;
 mod dpop;
 mod events;
 mod fault;
@@ -161,6 +172,9 @@ mod stream_end;
 mod validate;
 
 use client_auth::Client;
+pub use cloud::{
+    AZURE_FEDERATION_AUDIENCE, CloudStats, ExpiresOn, FEDERATED_SUBJECT, MetadataBehaviour,
+};
 pub use events::event_sequence;
 pub use fault::Fault;
 pub use scripted::{Answer, Received, ScriptedServer};
@@ -269,6 +283,8 @@ struct Shared {
     revocations: watch::Sender<u64>,
     /// Bumped by every `close_streams`.
     closes: watch::Sender<u64>,
+    /// The cloud identity services' keys and secrets.
+    cloud: cloud::Fixed,
 }
 
 struct State {
@@ -287,6 +303,8 @@ struct State {
     auth_methods: Option<Vec<String>>,
     /// The client assertion algorithms listed and accepted, when a test narrows them.
     auth_algs: Option<Vec<String>>,
+    /// The cloud identity services' state.
+    cloud: cloud::State,
 }
 
 struct IssuedToken {
@@ -720,12 +738,14 @@ impl EmulatorBuilder {
                 metadata_issuer: None,
                 auth_methods: None,
                 auth_algs: None,
+                cloud: cloud::State::default(),
             }),
             devices: Arc::clone(&devices),
             events: events.clone(),
             event_interval,
             revocations: watch::Sender::new(0),
             closes: watch::Sender::new(0),
+            cloud: cloud::Fixed::new(GOOGLE_KEY_PEM),
         });
         let google = token_refresh::SigningKey::from_pem(GOOGLE_KEY_PEM)
             .expect("the built-in key parses")

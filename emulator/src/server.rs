@@ -128,6 +128,9 @@ async fn handle(
     if path == API_PREFIX || path.starts_with("/v2/") {
         return api(shared, request, hangup).await;
     }
+    if super::cloud::serves(path) {
+        return Ok(super::cloud::handle(shared, request).await);
+    }
     Ok(response(StatusCode::NOT_FOUND, Bytes::new(), None))
 }
 

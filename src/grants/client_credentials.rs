@@ -92,6 +92,17 @@ impl ClientCredentials {
         }
     }
 
+    /// The grant for `client` (as a [`RefreshToken`](crate::RefreshToken) or a
+    /// [`TokenExchange`](crate::TokenExchange) names it) at `endpoint`. Does no I/O.
+    pub(crate) fn from_client(endpoint: TokenEndpoint, client: OAuthClient) -> Self {
+        Self {
+            endpoint,
+            client,
+            scopes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
     /// The client `client_id` at `token_url`, authenticating with `auth`: for
     /// [`ClientAuth::PrivateKeyJwt`] and [`ClientAuth::ClientSecretJwt`], which need no
     /// separate secret. With [`ClientAuth::Basic`] or [`ClientAuth::Post`] the secret is

@@ -61,13 +61,26 @@ impl JwtBearer {
         scopes: impl IntoIterator<Item = S>,
     ) -> Result<Self> {
         let path = path.as_ref();
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::CredentialsFile {
+            path: path.to_owned(),
+            problem: format!("cannot read: {e}"),
+        })?);
+        Self::google_service_account_json(&bytes, path, scopes)
+    }
+
+    /// [`google_service_account`](Self::google_service_account) with the key file's
+    /// content; errors name `path`, where it was found (Application Default Credentials
+    /// find one inside another file).
+    pub(crate) fn google_service_account_json<S: AsRef<str>>(
+        bytes: &[u8],
+        path: &Path,
+        scopes: impl IntoIterator<Item = S>,
+    ) -> Result<Self> {
         let problem = |problem: String| Error::CredentialsFile {
             path: path.to_owned(),
             problem,
         };
-        let bytes =
-            Zeroizing::new(std::fs::read(path).map_err(|e| problem(format!("cannot read: {e}")))?);
-        let file: KeyFile = serde_json::from_slice(&bytes)
+        let file: KeyFile = serde_json::from_slice(bytes)
             .map_err(|e| problem(format!("not a Google key file (JSON): {e}")))?;
         if file.kind.as_deref() != Some("service_account") {
             return Err(problem(

@@ -10,6 +10,7 @@ mod builder;
 mod cache;
 mod fleet;
 mod flight;
+mod keyed;
 mod retry;
 mod storm;
 
@@ -31,6 +32,7 @@ pub use builder::TokenProviderBuilder;
 use cache::Cached;
 use fleet::Fleet;
 use flight::{Flight, Reason};
+pub use keyed::{KeyedTokenProvider, KeyedTokenProviderBuilder};
 use retry::Failure;
 use storm::StormGuard;
 

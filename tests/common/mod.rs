@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(all(feature = "reqwest", feature = "tower"))]
+pub mod cloud;
 pub mod oidc_provider;
 #[cfg(feature = "redis")]
 pub mod redis_server;

@@ -1,0 +1,189 @@
+//! Where tokens go: origins (scheme, host, port), routes (an origin and a path prefix with
+//! the token parameters for it), and the request targets both integrations match them
+//! against.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use crate::error::{Error, Result};
+use crate::params::TokenParams;
+
+/// The origin a token is bound to: scheme, host and port.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Parses `https://api.example.com[:port]` (a path is ignored).
+    pub(crate) fn parse(origin: &str) -> Result<Self> {
+        let invalid =
+            |why: &str| Error::Config(format!("for_origin({origin:?}): not an origin: {why}"));
+        let uri: http::Uri = origin.parse().map_err(|_| invalid("not a URL"))?;
+        let scheme = uri
+            .scheme_str()
+            .ok_or_else(|| invalid("it has no scheme"))?;
+        let host = uri.host().ok_or_else(|| invalid("it has no host"))?;
+        Self::new(scheme, host, uri.port_u16()).ok_or_else(|| invalid("only http and https"))
+    }
+
+    pub(crate) fn new(scheme: &str, host: &str, port: Option<u16>) -> Option<Self> {
+        let scheme = scheme.to_ascii_lowercase();
+        let default = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        Some(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+            port: port.unwrap_or(default),
+            scheme,
+        })
+    }
+
+    /// Whether `scheme`, `host` and `port` (the scheme's default when `None`) name this
+    /// origin, compared without allocating.
+    pub(crate) fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        let default = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else if scheme.eq_ignore_ascii_case("http") {
+            80
+        } else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.scheme.eq_ignore_ascii_case(scheme)
+            && self.host.eq_ignore_ascii_case(host)
+            && self.port == port.unwrap_or(default)
+    }
+
+    /// Whether `authority` (`host[:port]`, from a `Host` header) names this origin.
+    pub(crate) fn has_authority(&self, authority: &str) -> bool {
+        let Ok(authority) = authority.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        Self::new(&self.scheme, authority.host(), authority.port_u16()).as_ref() == Some(self)
+    }
+}
+
+impl Origin {
+    /// `scheme://host[:port]`, the port left out where it is the scheme's default (as a
+    /// URI names it, so that a proof's `htu` matches).
+    pub(crate) fn url(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match (self.scheme.as_str(), self.port) {
+            ("https", 443) | ("http", 80) => format!("{}://{host}", self.scheme),
+            (scheme, port) => format!("{scheme}://{host}:{port}"),
+        }
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Where a request is going, as far as the policy needs to know. The host and port are
+/// asked for only when needed (plain http, bound origins): parsing them out of a URI is
+/// most of what checking costs.
+pub(crate) trait Target {
+    fn scheme(&self) -> Option<&str>;
+    fn host(&self) -> Option<&str>;
+    /// The port, the scheme's default when none is written.
+    fn port(&self) -> Option<u16>;
+    /// The path, `/` for none.
+    fn path(&self) -> &str;
+}
+
+impl Target for http::Uri {
+    fn scheme(&self) -> Option<&str> {
+        self.scheme_str()
+    }
+    fn host(&self) -> Option<&str> {
+        http::Uri::host(self)
+    }
+    fn port(&self) -> Option<u16> {
+        self.port_u16()
+    }
+    fn path(&self) -> &str {
+        http::Uri::path(self)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl Target for reqwest::Url {
+    fn scheme(&self) -> Option<&str> {
+        Some(reqwest::Url::scheme(self))
+    }
+    fn host(&self) -> Option<&str> {
+        self.host_str()
+    }
+    fn port(&self) -> Option<u16> {
+        self.port_or_known_default()
+    }
+    fn path(&self) -> &str {
+        reqwest::Url::path(self)
+    }
+}
+
+/// A destination and the token parameters for it: an origin, optionally a path prefix.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) origin: Origin,
+    /// A path prefix (`/v2`), matched at a segment boundary; `None`: the whole origin.
+    pub(crate) path: Option<Box<str>>,
+    pub(crate) params: TokenParams,
+    /// The wider parameters a step-up found to work for this route, used from then on.
+    pub(crate) stepped: Arc<ArcSwapOption<TokenParams>>,
+}
+
+impl Route {
+    pub(crate) fn parse(target: &str, params: TokenParams) -> Result<Self> {
+        let origin = Origin::parse(target)?;
+        let uri: http::Uri = target
+            .parse()
+            .map_err(|_| Error::Config(format!("route({target:?}): not a URL")))?;
+        let path = uri.path().trim_end_matches('/');
+        Ok(Self {
+            origin,
+            path: (!path.is_empty()).then(|| path.into()),
+            params,
+            stepped: Arc::default(),
+        })
+    }
+
+    /// How well `path` falls under this route: the length of its prefix, `None` if not.
+    pub(crate) fn match_len(&self, path: &str) -> Option<usize> {
+        let Some(prefix) = self.path.as_deref() else {
+            return Some(0);
+        };
+        let rest = path.strip_prefix(prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(prefix.len())
+    }
+
+    pub(crate) fn same_destination(&self, other: &Route) -> bool {
+        self.origin == other.origin && self.path == other.path
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("origin", &self.origin)
+            .field("path", &self.path)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
