@@ -230,6 +230,7 @@
 //! | DEBUG | `the token endpoint wants a DPoP nonce: sending the request again with it` | |
 //! | WARN | `token endpoint claims an implausibly long lifetime; capping it` | `expires_in`, `cap` |
 //! | DEBUG | `server metadata fetched` | `issuer`, `url` |
+//! | DEBUG | `client authentication chosen from the server's metadata` | `issuer`, `method` |
 //! | WARN | `re-fetching the server's metadata failed: using what it said before` | `issuer`, `error` |
 //! | ERROR | `the token provider cannot use its token store` | `error` |
 //! | DEBUG | `access token taken from the token store` | `key` |
