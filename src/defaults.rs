@@ -125,12 +125,15 @@ pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// asking the token endpoint itself than waiting on it.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a fleet's refresh lease lasts if its holder never releases it (killed mid-
-/// refresh). Longer than [`DEFAULT_FETCH_TIMEOUT`], so a live holder's token request ends
-/// before its lease lapses; short enough that a fleet whose holder died gets a token within
-/// this and one fetch. A holder that retries for longer may see a second process take over:
-/// one extra token request, never a storm.
-pub const DEFAULT_STORE_LEASE_TTL: Duration = Duration::from_secs(40);
+/// How long a fleet's refresh lease outlives a holder that stopped renewing it. The holder
+/// renews its lease every third of this while it fetches, so a live holder keeps it however
+/// long its token request takes, and two renewals in a row may be late or lost before it
+/// lapses; a holder that dies mid-refresh (SIGKILL, a lost host) holds the fleet up for at
+/// most this and one poll of the waiters (250 ms): a cold process then has its token within
+/// the fetch time and 1.25 s, where the callers' wait is [`DEFAULT_MAX_WAIT`]. Shorter would
+/// let a store that answers in a few hundred milliseconds (its calls may take up to
+/// [`DEFAULT_STORE_TIMEOUT`]) cost the lease, and one extra token request.
+pub const DEFAULT_STORE_LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// How long a stored refresh token is kept after its last rotation
 /// ([`RefreshToken::stored_for`](crate::RefreshToken::stored_for)): Entra's and Okta's

@@ -232,10 +232,17 @@ pub enum Error {
 
     /// The caller waited as long as it may for a token (the provider's
     /// [`max_wait`](crate::TokenProviderBuilder::max_wait), or the request's own timeout)
-    /// while the refresh was still running. The refresh goes on for later callers.
+    /// while the refresh was still running, or (with a [token store](crate::store)) while
+    /// another process of the fleet held the store's refresh lease. The refresh goes on for
+    /// later callers.
     #[error(
-        "no access token within {waited:.1?}: the token refresh is still running \
-         (attempt {attempt}{})",
+        "no access token within {waited:.1?}: {} (attempt {attempt}{})",
+        if *waiting_on_lease {
+            "waiting on another process of the fleet, which holds the token store's refresh \
+             lease and has stored no token yet"
+        } else {
+            "the token refresh is still running"
+        },
         last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
     )]
     WaitTimeout {
@@ -245,6 +252,9 @@ pub enum Error {
         attempt: u32,
         /// The error of the refresh's previous attempt, if one failed.
         last_error: Option<Box<Error>>,
+        /// Whether the refresh was waiting for another process of the fleet (the holder
+        /// of the token store's lease) to store a token, rather than fetching one itself.
+        waiting_on_lease: bool,
     },
 
     /// The token source panicked; the provider cools down as after any failed refresh.

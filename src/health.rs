@@ -18,9 +18,9 @@
 //! | `token_refresh_forced_refreshes_suppressed_total` | counter | rejections | | rejections the storm guard answered without a refresh |
 //! | `token_refresh_resends_total` | counter | requests | | requests resent with a fresh token after a rejection |
 //! | `token_refresh_dpop_nonce_resends_total` | counter | requests | | requests the integrations sent again with the server's DPoP nonce (a 401 `use_dpop_nonce`): same token, new proof |
-//! | `token_refresh_store_ok` | gauge | 0 or 1 | | with a [token store](crate::store): 1 while its last call worked, 0 while it fails or times out |
-//! | `token_refresh_store_errors_total` | counter | calls | | token store calls that failed or timed out (the provider fetched without the store) |
 //! | `token_refresh_token_expires_at_seconds` | gauge | seconds since the Unix epoch | | when the cached token expires, set at each refresh |
+//! | `token_refresh_store_ok` | gauge | 0 or 1 | | with a [token store](crate::store): 1 while its last call worked (from the provider's start), 0 while it fails or times out |
+//! | `token_refresh_store_errors_total` | counter | calls | | token store calls that failed or timed out (not the once-a-second probe of a store that is down) |
 //!
 //! Every metric is described (`# HELP` with its unit in Prometheus) when a provider is
 //! built, so install the recorder before building providers.
@@ -89,10 +89,10 @@ pub const REFRESH_DURATION_BUCKETS: &[f64] = &[
 /// # JSON
 ///
 /// `Health` serializes (serde) for a readiness endpoint: durations as seconds
-/// (`expires_in_seconds`, …, fractional), `last_refresh` as Unix seconds
-/// (`last_refresh_unix_seconds`), the last error as its `Display` text (scrubbed of secrets,
-/// like every error of this crate), `null` for what is not there, and `ready` as
-/// [`is_ready`](Health::is_ready) says. A readiness handler:
+/// (`expires_in_seconds`, …, fractional), `last_refresh` and `store_error_at` as Unix
+/// seconds (`last_refresh_unix_seconds`, `store_error_unix_seconds`), the last error as its
+/// `Display` text (scrubbed of secrets, like every error of this crate), `null` for what is
+/// not there, and `ready` as [`is_ready`](Health::is_ready) says. A readiness handler:
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -153,9 +153,17 @@ pub struct Health {
     /// usable token get `last_error` at once.
     pub cooling_down_for: Option<Duration>,
     /// With a [token store](crate::store): whether its last call worked (`false` while it is
-    /// down, slow or failing, when the provider fetches tokens without it). `None` without
-    /// a store.
+    /// down, slow or failing, when the provider fetches tokens without it; and for a store
+    /// the provider refused under [`build`](crate::TokenProviderBuilder::build)). While it
+    /// fails, the provider asks it once a second whether it answers again, so this turns
+    /// `true` within about a second of the store's return, not at the next refresh. `None`
+    /// without a store.
     pub store_ok: Option<bool>,
+    /// With a token store: the text of its last error (scrubbed: no password, no token),
+    /// kept after the store recovers. `None` if it never failed.
+    pub store_error: Option<String>,
+    /// When [`store_error`](Self::store_error) happened (wall clock).
+    pub store_error_at: Option<SystemTime>,
 }
 
 impl Health {
@@ -169,7 +177,12 @@ impl Health {
 impl Serialize for Health {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let mut s = serializer.serialize_struct("Health", 14)?;
+        let unix = |at: SystemTime| {
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        };
+        let mut s = serializer.serialize_struct("Health", 16)?;
         s.serialize_field("ready", &self.is_ready())?;
         s.serialize_field("token_cached", &self.token_cached)?;
         s.serialize_field("expires_in_seconds", &secs(self.expires_in))?;
@@ -181,19 +194,14 @@ impl Serialize for Health {
             "last_error",
             &self.last_error.as_ref().map(ToString::to_string),
         )?;
-        s.serialize_field(
-            "last_refresh_unix_seconds",
-            &self.last_refresh.map(|at| {
-                at.duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs()
-            }),
-        )?;
+        s.serialize_field("last_refresh_unix_seconds", &self.last_refresh.map(unix))?;
         s.serialize_field("token_requests", &self.token_requests)?;
         s.serialize_field("forced_refreshes", &self.forced_refreshes)?;
         s.serialize_field("dpop_nonce_resends", &self.dpop_nonce_resends)?;
         s.serialize_field("cooling_down_for_seconds", &secs(self.cooling_down_for))?;
         s.serialize_field("store_ok", &self.store_ok)?;
+        s.serialize_field("store_error", &self.store_error)?;
+        s.serialize_field("store_error_unix_seconds", &self.store_error_at.map(unix))?;
         s.end()
     }
 }

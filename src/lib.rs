@@ -74,6 +74,8 @@
 //! | another grant | [`TokenEndpoint`], wrapped in a closure |
 //! | tokens from anywhere else | an async closure, or your own [`TokenSource`] |
 //! | the cache and refresh policy around any of them | [`TokenProvider`] |
+//! | one credential, a token per scope set, audience or RFC 8707 resource | [`KeyedTokenProvider`] ([`TokenProvider::keyed`]) with [`TokenParams`], and `route(..)` on the integrations |
+//! | an API that names its authorization server (RFC 9728, MCP) | [`AuthMiddleware::discovering`] / [`AuthLayer::discovering`] with `allow_issuers` |
 //! | sender-constrained tokens (DPoP, RFC 9449) | [`dpop::DpopKey`], with `dpop(key)` on the grant |
 //! | replicas, CronJobs or CLIs sharing one token and one refresh | [`store::RedisStore`], [`store::FileStore`], [`TokenProviderBuilder::store`] |
 //! | a `reqwest` client | [`AuthMiddleware`] (feature `reqwest`) |
@@ -229,19 +231,34 @@
 //! | DEBUG | `token rejected: resending once with a fresh one` | |
 //! | DEBUG | `the token endpoint wants a DPoP nonce: sending the request again with it` | |
 //! | WARN | `token endpoint claims an implausibly long lifetime; capping it` | `expires_in`, `cap` |
+//! | DEBUG | `insufficient scope: stepping up to a token with the scopes the server named` | `route` |
+//! | DEBUG | `resource metadata fetched` | `url` |
+//! | DEBUG | `resource discovered: its tokens come from its authorization server` | `resource`, `issuer` |
+//! | WARN | `the resource_metadata URL does not parse` | `url`, `error` |
+//! | WARN | `the resource metadata could not be fetched` | `url`, `error` |
+//! | WARN | `the resource metadata has no resource or authorization_servers` | `url` |
+//! | WARN | `the resource metadata names another resource: not used` | `resource`, `request` |
+//! | WARN | `none of the resource's authorization servers is allowed: no token asked for` | `resource`, `offered` |
+//! | WARN | `discovery has learned as many resources as it keeps: this one is not learned` | `resource` |
 //! | DEBUG | `server metadata fetched` | `issuer`, `url` |
 //! | DEBUG | `client authentication chosen from the server's metadata` | `issuer`, `method` |
 //! | WARN | `re-fetching the server's metadata failed: using what it said before` | `issuer`, `error` |
 //! | ERROR | `the token provider cannot use its token store` | `error` |
-//! | DEBUG | `access token taken from the token store` | `key` |
-//! | DEBUG | `a stored entry did not open or has expired: ignored` | `key` |
 //! | WARN | `the token store failed: fetching tokens without it until it answers again` | `provider`, `key`, `operation`, `error` (once per outage) |
 //! | INFO | `the token store answers again` | `provider`, `key` |
-//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `key` |
-//! | WARN | `the refresh token's lease was not released; it lapses by itself` | `error` |
+//! | WARN | `the token store's lease holder stored no token in time: fetching one here` | `provider`, `key`, `waited_ms` |
+//! | DEBUG | `the token store did not renew the refresh lease (lost, or a store that cannot renew): another process may fetch too` | `key` |
+//! | DEBUG | `access token taken from the token store` | `key` |
+//! | DEBUG | `a stored entry did not open or has expired: ignored` | `key` |
+//! | DEBUG | `the Redis server refused RESP3: waiting processes poll instead of being notified` | `error` |
+//! | DEBUG | `the Redis store could not subscribe to its notifications: polling` | `error` |
 //! | WARN | `the stored refresh token does not open (another key, or garbage): using this process's` | |
 //! | WARN | `another process stored a refresh token while this one held the lease: keeping theirs` | |
 //! | WARN | `the rotated refresh token is kept in memory until the store takes it` | `error` |
+//! | WARN | `the refresh token's lease was not released; it lapses by itself` | `error` |
+//!
+//! A store event's `key` is the entry's name in the store (a keyed hash, never a secret);
+//! its `error` is scrubbed like every error of this crate.
 //!
 //! The emulator logs its own DEBUG events, each starting with `emulator:`.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -471,12 +471,16 @@ impl AuthPolicy {
                     // would not help this request.
                     return Ok(None);
                 }
+                let provider = keyed.provider_for(&wanted);
+                let cached = provider.cached(Duration::ZERO).is_some();
+                if !cached && !self.routes[index].may_step_up() {
+                    return Ok(None);
+                }
                 tracing::debug!(
                     route = index,
                     "insufficient scope: stepping up to a token with the scopes the server named"
                 );
-                let token = keyed
-                    .provider_for(&wanted)
+                let token = provider
                     .token_with(Want {
                         min_validity: min.map_or(Duration::ZERO, |m| m.0),
                         deadline: self.deadline(deadline),

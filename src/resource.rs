@@ -130,7 +130,7 @@ impl ResourceDiscovery {
         challenge_scope: Option<&str>,
     ) -> Result<Option<usize>> {
         let _one = self.discovering.lock().await;
-        let Ok(request) = reqwest::Url::parse(request_uri) else {
+        let Ok(request) = request_uri.parse::<http::Uri>() else {
             return Ok(None);
         };
         if let Some(index) = self.learned_for(&request) {
@@ -284,27 +284,39 @@ fn parse(json: &Value) -> Option<ResourceMetadata> {
     })
 }
 
-/// The URL without query and fragment.
-fn origin_and_path(url: &reqwest::Url) -> String {
-    let mut url = url.clone();
-    url.set_query(None);
-    url.set_fragment(None);
-    url.to_string()
+/// The URI without query (an `http::Uri` has no fragment).
+fn origin_and_path(uri: &http::Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{}", uri.path()),
+        _ => uri.path().to_owned(),
+    }
 }
 
 /// Whether the metadata's `resource` is the resource `request` asked: the request's URL
 /// (without query and fragment), or its origin and a path prefix of it at a segment
 /// boundary (RFC 9728 §3.3: the resource identifier must match the resource asked).
-fn covers(resource: &str, request: &reqwest::Url) -> bool {
-    let Ok(resource) = reqwest::Url::parse(resource) else {
-        return false;
-    };
-    if resource.query().is_some() || resource.fragment().is_some() {
+fn covers(resource: &str, request: &http::Uri) -> bool {
+    if resource.contains('#') {
         return false;
     }
-    let same_origin = resource.scheme() == request.scheme()
-        && resource.host_str() == request.host_str()
-        && resource.port_or_known_default() == request.port_or_known_default();
+    let Ok(resource) = resource.parse::<http::Uri>() else {
+        return false;
+    };
+    if resource.query().is_some() {
+        return false;
+    }
+    let same_origin = match (
+        resource.scheme_str(),
+        resource.host(),
+        request.scheme_str(),
+        request.host(),
+    ) {
+        (Some(scheme), Some(host), Some(their_scheme), Some(their_host)) => {
+            crate::route::Origin::new(scheme, host, resource.port_u16())
+                .is_some_and(|origin| origin.matches(their_scheme, their_host, request.port_u16()))
+        }
+        _ => false,
+    };
     let prefix = resource.path().trim_end_matches('/');
     let path = request.path();
     same_origin
@@ -329,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_resource_covers_its_own_url_and_paths_below_it() {
-        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let url = |u: &str| u.parse::<http::Uri>().unwrap();
         assert!(covers(
             "https://api.example.com/mcp",
             &url("https://api.example.com/mcp")

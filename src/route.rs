@@ -3,9 +3,11 @@
 //! against.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::params::TokenParams;
@@ -138,6 +140,12 @@ impl Target for reqwest::Url {
     }
 }
 
+/// Least time between two step-ups of a route that each need a new token: a server that
+/// names a scope the token lacks gets one wider token at once, but one that names ever new
+/// scopes (broken, or hostile) gets at most one token request per 5 s per route, as the storm
+/// guard's forced refreshes do.
+const STEP_UP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A destination and the token parameters for it: an origin, optionally a path prefix.
 #[derive(Clone)]
 pub(crate) struct Route {
@@ -147,6 +155,8 @@ pub(crate) struct Route {
     pub(crate) params: TokenParams,
     /// The wider parameters a step-up found to work for this route, used from then on.
     pub(crate) stepped: Arc<ArcSwapOption<TokenParams>>,
+    /// When this route last asked for a new step-up token.
+    last_step_up: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Route {
@@ -161,7 +171,24 @@ impl Route {
             path: (!path.is_empty()).then(|| path.into()),
             params,
             stepped: Arc::default(),
+            last_step_up: Arc::default(),
         })
+    }
+
+    /// Whether this route may ask for a new step-up token now: one per
+    /// [`STEP_UP_INTERVAL`], so that an API that keeps asking for more scope cannot turn
+    /// calls into token requests. Taking it counts as asking.
+    pub(crate) fn may_step_up(&self) -> bool {
+        let now = Instant::now();
+        let mut last = self
+            .last_step_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_duration_since(at) < STEP_UP_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// How well `path` falls under this route: the length of its prefix, `None` if not.

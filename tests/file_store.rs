@@ -357,3 +357,36 @@ async fn built_in_grants_derive_keys_that_change_with_the_secret_and_hide_it() {
     );
     assert!(cc("read").starts_with("client-credentials-") && !cc("read").contains("s3cret"));
 }
+
+/// The processes of a host move from key A to key B as `RedisStore::encryption_keys`
+/// describes (`[A]`, then `[B, A]`, then `[B]`): the token stored under A is found by the
+/// `[B, A]` process (copied under its B name) and by the `[B]` process: one token request.
+#[tokio::test]
+async fn a_host_moving_to_a_new_encryption_key_keeps_its_token() {
+    let server = MockServer::start_async().await;
+    let endpoint = token_endpoint(&server, |then| {
+        then.status(200).json_body(token_json("t-rotated", 3600));
+    })
+    .await;
+    let dir = TempDir::new("rotation");
+    let (a, b) = ([0x0a; 32], [0x0b; 32]);
+    let mut names = Vec::new();
+    for keys in [vec![a], vec![b, a], vec![b]] {
+        let provider = TokenProvider::builder(source(&server))
+            .store(FileStore::new(dir.path()).encryption_keys(keys))
+            .try_build()
+            .unwrap();
+        assert_eq!(provider.token().await.unwrap().expose_secret(), "t-rotated");
+        assert_eq!(provider.health().store_ok, Some(true));
+        let mut entries: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".entry"))
+            .collect();
+        entries.sort();
+        names.push(entries);
+    }
+    assert_eq!(endpoint.calls_async().await, 1, "entries: {names:?}");
+    assert_eq!(names[0].len(), 1);
+    assert_eq!(names[1].len(), 2, "copied under the B name: {names:?}");
+}

@@ -268,6 +268,45 @@ pub fn warm_provider(rt: &Runtime) -> TokenProvider {
     provider
 }
 
+/// A source whose tokens name the scope they were asked for: what a keyed provider's
+/// benchmarks serve their keys from.
+#[derive(Debug)]
+pub struct ByScope;
+
+#[token_refresh::async_trait]
+impl token_refresh::TokenSource for ByScope {
+    async fn fetch_token(&self) -> token_refresh::Result<AccessToken> {
+        AccessToken::new(TOKEN, Duration::from_secs(3600))
+    }
+    async fn fetch_token_for(
+        &self,
+        params: &token_refresh::TokenParams,
+    ) -> token_refresh::Result<AccessToken> {
+        let scope = params.scope_string().unwrap_or_default();
+        AccessToken::new(format!("{TOKEN}-{scope}"), Duration::from_secs(3600))
+    }
+}
+
+/// A keyed provider with `keys` warm keys (`scope-0` …), and the params of one of them.
+pub fn warm_keyed(
+    rt: &Runtime,
+    keys: usize,
+) -> (
+    token_refresh::KeyedTokenProvider,
+    token_refresh::TokenParams,
+) {
+    let keyed = token_refresh::KeyedTokenProvider::new(ByScope);
+    let params: Vec<_> = (0..keys)
+        .map(|n| token_refresh::TokenParams::scope(format!("scope-{n}")))
+        .collect();
+    for p in &params {
+        rt.block_on(keyed.token_for(p))
+            .expect("the in-process source always returns a token");
+    }
+    let one = params[keys / 2].clone();
+    (keyed, one)
+}
+
 /// A `reqwest-middleware` middleware that inserts a static header: the baseline for
 /// `AuthMiddleware`.
 pub struct StaticHeaderMiddleware(pub HeaderValue);

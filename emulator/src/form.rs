@@ -55,6 +55,14 @@ impl Rejection {
 pub(super) struct Form(Vec<(String, String)>);
 
 impl Form {
+    /// Every value of the parameter `name` (only `resource` may repeat).
+    pub(super) fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The value of the parameter `name`, if present.
     pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -66,7 +74,7 @@ impl Form {
 
 /// Decodes `application/x-www-form-urlencoded`: `&`-separated `name=value` pairs, `+` for
 /// space, `%XX` escapes, UTF-8. A bad escape, bad UTF-8 or a repeated parameter (RFC 6749
-/// §3.1) is `invalid_request`.
+/// §3.1; `resource` may repeat, RFC 8707 §2) is `invalid_request`.
 pub(super) fn parse_form(body: &[u8]) -> Result<Form, Rejection> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
@@ -78,7 +86,7 @@ pub(super) fn parse_form(body: &[u8]) -> Result<Form, Rejection> {
             percent_decode(name).ok_or_else(|| Rejection::request("the form body is malformed"))?;
         let value = percent_decode(value)
             .ok_or_else(|| Rejection::request("the form body is malformed"))?;
-        if pairs.iter().any(|(n, _)| *n == name) {
+        if name != "resource" && pairs.iter().any(|(n, _)| *n == name) {
             return Err(Rejection::request(format!(
                 "the {name} parameter is repeated"
             )));

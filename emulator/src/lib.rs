@@ -78,6 +78,15 @@
 //!
 //! - `GET /v2/projects`: one DT-shaped project.
 //! - `POST /v2/echo`: returns the JSON body it got; 400 if it is not JSON.
+//! - `GET /v2/whoami`: what the token was granted, as its request asked:
+//!   `{"scope", "resources", "audience"}` (RFC 8707 `resource` may repeat in a token
+//!   request; one that is not an absolute URI without a fragment is `invalid_target`).
+//!
+//! As an OAuth 2.0 protected resource, the API can also publish RFC 9728 metadata and name
+//! it in its 401 challenges ([`publish_resource_metadata`](Emulator::publish_resource_metadata)),
+//! accept only tokens issued for it ([`require_resource`](Emulator::require_resource)), and
+//! answer a path whose token lacks a scope with 403 `insufficient_scope`
+//! ([`require_scope`](Emulator::require_scope)).
 //! - `GET /v2/projects/{project}/devices:stream`: DT's device event stream, one long-lived
 //!   `200` with `content-type: application/x-ndjson` and a chunked body of one JSON object
 //!   per line. A ticker emits one event every [event interval](EmulatorBuilder::event_interval)
@@ -161,6 +170,7 @@ mod grants;
 pub mod grpc;
 mod jwt;
 mod keys;
+mod protected;
 mod race;
 mod responses;
 mod rfc3339;
@@ -255,6 +265,10 @@ pub struct Stats {
     pub dpop_tokens: u64,
     /// Token requests refused for their DPoP proof (`invalid_dpop_proof`, `use_dpop_nonce`).
     pub dpop_refusals: u64,
+    /// Requests for the API's RFC 9728 protected-resource metadata.
+    pub resource_metadata_requests: u64,
+    /// API requests refused with 403 `insufficient_scope`.
+    pub insufficient_scope: u64,
 }
 
 /// The built-in Google service account of [`Emulator::google_key_file`]: a key made for the
@@ -303,6 +317,8 @@ struct State {
     auth_methods: Option<Vec<String>>,
     /// The client assertion algorithms listed and accepted, when a test narrows them.
     auth_algs: Option<Vec<String>>,
+    /// The API as a protected resource: RFC 9728 metadata, resource and scope checks.
+    protection: protected::Protection,
     /// The cloud identity services' state.
     cloud: cloud::State,
 }
@@ -310,6 +326,8 @@ struct State {
 struct IssuedToken {
     /// `None`: the TTL is too long to represent, so the token does not expire.
     expires_at: Option<Instant>,
+    /// What its request asked for: scope, resources, audience.
+    granted: protected::Granted,
     revoked: bool,
     /// The thumbprint of the DPoP key a DPoP-bound token is bound to (`cnf.jkt`).
     jkt: Option<String>,
@@ -319,6 +337,7 @@ struct IssuedToken {
 struct Bearer {
     token: String,
     expires_at: Option<Instant>,
+    granted: protected::Granted,
 }
 
 /// Why a bearer token is refused.
@@ -553,6 +572,37 @@ impl Emulator {
         self.origin()
     }
 
+    /// The API's resource identifier (RFC 8707, RFC 9728): `http://127.0.0.1:PORT/v2`.
+    pub fn resource(&self) -> String {
+        protected::resource_of(&self.shared)
+    }
+
+    /// Publishes the API's RFC 9728 protected-resource metadata at
+    /// `/.well-known/oauth-protected-resource/v2` — `resource` the API's
+    /// [identifier](Self::resource), `authorization_servers` this emulator's
+    /// [issuer](Self::issuer), `scopes_supported` the [required scopes](Self::require_scope)
+    /// — and names it in the API's 401 challenges (`resource_metadata`). Default: off.
+    pub fn publish_resource_metadata(&self, on: bool) {
+        self.shared.lock().protection.metadata = on;
+    }
+
+    /// Makes the API accept only tokens issued for its [resource](Self::resource) (a
+    /// `resource` parameter in their request), answering others with 401. Default: off.
+    pub fn require_resource(&self, on: bool) {
+        self.shared.lock().protection.require_resource = on;
+    }
+
+    /// Makes the API answer requests under `path_prefix` (e.g. `/v2/admin`) whose token lacks
+    /// `scope` with 403 `WWW-Authenticate: Bearer error="insufficient_scope",
+    /// scope="{scope}"`. Add more with further calls.
+    pub fn require_scope(&self, path_prefix: impl Into<String>, scope: impl Into<String>) {
+        self.shared
+            .lock()
+            .protection
+            .scopes
+            .push((path_prefix.into(), scope.into()));
+    }
+
     /// Makes the metadata document name `issuer` instead of this emulator's (a mix-up
     /// attack or a misconfigured server), or, with `None`, its own again.
     pub fn set_metadata_issuer(&self, issuer: Option<String>) {
@@ -738,6 +788,7 @@ impl EmulatorBuilder {
                 metadata_issuer: None,
                 auth_methods: None,
                 auth_algs: None,
+                protection: Default::default(),
                 cloud: cloud::State::default(),
             }),
             devices: Arc::clone(&devices),
@@ -801,7 +852,7 @@ impl Shared {
     }
 
     /// Issues a token, bound to the DPoP key `jkt` if given; returns it with its lifetime.
-    fn issue_token(&self, jkt: Option<String>) -> (String, Duration) {
+    fn issue_token(&self, jkt: Option<String>, granted: protected::Granted) -> (String, Duration) {
         let token = format!("{:032x}", fastrand::u128(..));
         let mut state = self.lock();
         let ttl = state.token_ttl;
@@ -810,6 +861,7 @@ impl Shared {
             IssuedToken {
                 // A TTL too long for `Instant` means a token that does not expire.
                 expires_at: Instant::now().checked_add(ttl),
+                granted,
                 revoked: false,
                 jkt: jkt.clone(),
             },
@@ -880,15 +932,16 @@ impl Shared {
             Some(Some(issued)) if issued.expires_at.is_some_and(|at| Instant::now() >= at) => {
                 Err(TokenCheck::Expired)
             }
-            Some(Some(issued)) => proof.map(|()| issued.expires_at),
+            Some(Some(issued)) => proof.map(|()| (issued.expires_at, issued.granted.clone())),
         };
         if let Err(problem) = &result {
             state.stats.api_unauthorized += 1;
             tracing::debug!(?problem, "emulator: API request unauthorized");
         }
-        result.map(|expires_at| Bearer {
+        result.map(|(expires_at, granted)| Bearer {
             token: token.unwrap_or_default().to_owned(),
             expires_at,
+            granted,
         })
     }
 }

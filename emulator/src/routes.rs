@@ -6,5 +6,7 @@ pub(crate) const TOKEN_PATH: &str = "/oauth2/token";
 pub(crate) const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// Where OpenID Connect discovery finds the same document.
 pub(crate) const OPENID_METADATA_PATH: &str = "/.well-known/openid-configuration";
+/// Where RFC 9728 protected-resource metadata is served (followed by the resource's path).
+pub(crate) const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// The API's path prefix.
 pub(crate) const API_PREFIX: &str = "/v2";

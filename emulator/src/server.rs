@@ -19,11 +19,14 @@ use tokio::task::JoinSet;
 
 use super::body::Body;
 use super::dpop::Refusal;
-use super::form::Rejection;
+use super::form::{Rejection, parse_form};
 use super::grants::{Spent, metadata};
+use super::protected::Granted;
 use super::race::first;
 use super::responses::{Hangup, dt_error, json_response, response};
-use super::routes::{API_PREFIX, OAUTH_METADATA_PATH, OPENID_METADATA_PATH, TOKEN_PATH};
+use super::routes::{
+    API_PREFIX, OAUTH_METADATA_PATH, OPENID_METADATA_PATH, RESOURCE_METADATA_PATH, TOKEN_PATH,
+};
 use super::stream::{self, Subscriptions};
 use super::validate::{Grant, check_token_request};
 use super::{Fault, Shared, TokenCheck};
@@ -125,6 +128,11 @@ async fn handle(
         }
         return Ok(json_response(StatusCode::OK, &document));
     }
+    if let Some(rest) = path.strip_prefix(RESOURCE_METADATA_PATH)
+        && rest == API_PREFIX
+    {
+        return Ok(super::protected::metadata(shared));
+    }
     if path == API_PREFIX || path.starts_with("/v2/") {
         return api(shared, request, hangup).await;
     }
@@ -192,6 +200,11 @@ async fn token_endpoint(
         Ok(grant) => grant,
         Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
     };
+    // What the token is for: the request passed its checks, so its form parses.
+    let granted = match parse_form(&body).and_then(|form| Granted::of(&form)) {
+        Ok(granted) => granted,
+        Err(rejection) => return Ok(token_error(shared, rejection.status, &rejection)),
+    };
     // A DPoP proof is checked before anything is spent (a refresh token, say).
     let jkt = if parts.headers.contains_key(token_refresh::dpop::HEADER) {
         let checked = {
@@ -242,7 +255,7 @@ async fn token_endpoint(
         Grant::JwtBearer | Grant::ClientCredentials { .. } => {}
     }
     let bound = jkt.is_some();
-    let (token, ttl) = shared.issue_token(jkt);
+    let (token, ttl) = shared.issue_token(jkt, granted);
     tracing::debug!(
         ?grant,
         expires_in = ttl.as_secs(),
@@ -359,6 +372,9 @@ async fn api(
         Ok(bearer) => bearer,
         Err(problem) => return Ok(unauthorized(shared, problem)),
     };
+    if let Some(refused) = super::protected::refuse(shared, &bearer.granted, &path) {
+        return Ok(refused);
+    }
     if let (Some(project), Some(subscriptions)) = (stream_project, subscriptions) {
         if method != Method::GET {
             return Ok(dt_error(
@@ -394,6 +410,7 @@ async fn api(
             Err(BodyError::Broken) => return Err(CloseConnection),
         },
         ("/v2/echo", _) => dt_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ("/v2/whoami", Method::GET) => super::protected::whoami(&bearer.granted),
         _ => dt_error(StatusCode::NOT_FOUND, "not found"),
     })
 }
@@ -429,9 +446,10 @@ fn unauthorized(shared: &Shared, problem: TokenCheck) -> Response<Body> {
         TokenCheck::DpopInvalid(_) => "DPoP error=\"invalid_dpop_proof\"",
         _ => "Bearer error=\"invalid_token\"",
     };
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        super::protected::challenge(shared, challenge),
+    );
     let state = shared.lock();
     if (state.dpop.require_api_nonce || matches!(problem, TokenCheck::DpopNonce))
         && let Ok(nonce) = HeaderValue::try_from(state.dpop.nonce.as_str())

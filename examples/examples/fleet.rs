@@ -8,13 +8,18 @@
 //! cargo run --example fleet --features redis -- --workers 8 --redis redis://127.0.0.1:6379/
 //! ```
 //!
+//! `--cluster redis://127.0.0.1:7000,redis://127.0.0.1:7001` runs the fleet on a Redis
+//! Cluster instead (any of its nodes; `RedisStore::cluster`).
+//!
 //! `--grant refresh` makes the workers share a refresh-token series instead (the
 //! emulator rotates refresh tokens and revokes a series whose refresh token is spent
 //! twice), and `--no-store` shows what happens to such a series without the store.
 //!
 //! Entries are sealed with a key this run makes up and hands to its workers in
-//! `TOKEN_REFRESH_STORE_KEY`. `--worker` runs one worker against a given `--token-url`
-//! (the account in the `DT_SERVICE_ACCOUNT_*` variables); the tests use it alone.
+//! `TOKEN_REFRESH_STORE_KEY` (a list, `current,previous`, while a fleet rolls to a new key).
+//! `--worker` runs one worker against a given `--token-url` (the account in the
+//! `DT_SERVICE_ACCOUNT_*` variables); the tests use it alone. A worker prints how long its
+//! callers waited for their first token (`first token after: N ms`).
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,12 +28,14 @@ use token_refresh::store::RedisStore;
 use token_refresh::{JwtBearer, OAuthClient, RefreshToken, ServiceAccount, TokenProvider};
 use token_refresh_emulator::Emulator;
 
-const USAGE: &str = "usage: fleet --redis URL [--workers N] [--callers C] [--seconds S] [--ttl S]
-             [--grant jwt-bearer|refresh] [--no-store]
-       fleet --worker --redis URL --token-url URL [--callers C] [--seconds S]
-             [--start-at-ms T] [--prefix P] [--lease-ttl-ms L] [--grant G] [--no-store]
+const USAGE: &str = "usage: fleet (--redis URL | --cluster URL,URL,...) [--workers N] [--callers C]
+             [--seconds S] [--ttl S] [--grant jwt-bearer|refresh] [--no-store]
+       fleet --worker (--redis URL | --cluster URLS) --token-url URL [--callers C]
+             [--seconds S] [--start-at-ms T] [--prefix P] [--lease-ttl-ms L] [--grant G]
+             [--no-store]
 
-Starts the emulator and N worker processes (default 8) that share tokens through Redis; each
+Starts the emulator and N worker processes (default 8) that share tokens through Redis (one
+server, or a Redis Cluster given by some of its nodes); each
 worker starts C concurrent callers (default 100), then calls for S seconds more (default 0).
 Prints `token requests: N`, as the emulator counted them. --ttl sets the emulator's token
 lifetime (default 3600 s). --grant refresh shares a refresh-token series (the refresh token
@@ -45,6 +52,7 @@ const CLIENT_SECRET_VAR: &str = "TOKEN_REFRESH_CLIENT_SECRET";
 struct Args {
     worker: bool,
     redis: String,
+    cluster: Vec<String>,
     workers: usize,
     callers: usize,
     seconds: f64,
@@ -61,6 +69,7 @@ fn parse() -> Result<Args, String> {
     let mut args = Args {
         worker: false,
         redis: String::new(),
+        cluster: Vec::new(),
         workers: 8,
         callers: 100,
         seconds: 0.0,
@@ -87,6 +96,13 @@ fn parse() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--redis" => args.redis = value.clone(),
+            "--cluster" => {
+                args.cluster = value
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
             "--workers" => args.workers = number()? as usize,
             "--callers" => args.callers = number()?.max(1) as usize,
             "--seconds" => {
@@ -105,8 +121,8 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unexpected argument {other}")),
         }
     }
-    if args.redis.is_empty() {
-        return Err("--redis URL is required".into());
+    if args.redis.is_empty() == args.cluster.is_empty() {
+        return Err("give --redis URL or --cluster URL,URL,... (one of them)".into());
     }
     Ok(args)
 }
@@ -133,8 +149,13 @@ async fn worker(args: Args) -> Result<(), String> {
         TokenProvider::builder(JwtBearer::new(account).token_url(token_url))
     };
     if !args.no_store {
-        let mut store = RedisStore::new(&args.redis)
-            .and_then(|s| s.encryption_key_from_env(KEY_VAR))
+        let store = if args.cluster.is_empty() {
+            RedisStore::new(&args.redis)
+        } else {
+            RedisStore::cluster(&args.cluster)
+        };
+        let mut store = store
+            .and_then(|s| s.encryption_keys_from_env(KEY_VAR))
             .map_err(|e| e.to_string())?;
         if let Some(prefix) = &args.prefix {
             store = store.key_prefix(prefix.clone());
@@ -151,22 +172,30 @@ async fn worker(args: Args) -> Result<(), String> {
     if let Some(at) = args.start_at_ms {
         tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_ms()))).await;
     }
+    let started = tokio::time::Instant::now();
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..args.callers {
         let provider = provider.clone();
         callers.spawn(async move { provider.token().await.map(|t| t.expose_secret().len()) });
     }
+    let mut first_token = None;
     while let Some(result) = callers.join_next().await {
         result
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        first_token.get_or_insert_with(|| started.elapsed());
+    }
+    if let Some(took) = first_token {
+        println!("first token after: {} ms", took.as_millis());
     }
     let end = tokio::time::Instant::now() + Duration::from_secs_f64(args.seconds);
+    let mut calls = args.callers;
     while tokio::time::Instant::now() < end {
         provider.token().await.map_err(|e| e.to_string())?;
+        calls += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("worker {}: ok", std::process::id());
+    println!("worker {}: ok, {calls} calls", std::process::id());
     Ok(())
 }
 
@@ -194,14 +223,13 @@ async fn fleet(args: Args) -> Result<(), String> {
         if args.no_store {
             command.arg("--no-store");
         }
+        if args.cluster.is_empty() {
+            command.args(["--redis", &args.redis]);
+        } else {
+            command.args(["--cluster", &args.cluster.join(",")]);
+        }
         let child = command
-            .args([
-                "--worker",
-                "--redis",
-                &args.redis,
-                "--token-url",
-                &emulator.token_url(),
-            ])
+            .args(["--worker", "--token-url", &emulator.token_url()])
             .args(["--callers", &args.callers.to_string()])
             .args(["--seconds", &args.seconds.to_string()])
             .args(["--start-at-ms", &start_at.to_string(), "--prefix", &prefix])

@@ -253,7 +253,11 @@ impl RefreshToken {
             store.changed(&key, wait).await;
             poll = (poll * 2).min(LEASE_POLL_MAX);
         }
-        let result = self.rotate(store, &key, params).await;
+        // Renewed while it works: no other process spends the refresh token meanwhile,
+        // however long the request takes.
+        let result = store
+            .renewing(&key, &fence, self.rotate(store, &key, params))
+            .await;
         if let Err(error) = store.release(&key, &fence).await {
             tracing::warn!(%error, "the refresh token's lease was not released; it lapses by itself");
         }

@@ -1,4 +1,4 @@
-//! The provider's settings and the builder that sets them.
+//! The builder that sets a provider's settings ([`Config`]) and its store.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,52 +8,11 @@ use crate::defaults::*;
 use crate::error::{Error, Result};
 use crate::health::Metrics;
 use crate::source::TokenSource;
-use crate::store::{Sealer, SourceStore, TokenStore};
+use crate::store::{Sealer, SourceStore, StoreStatus, TokenStore};
 
+use super::config::Config;
 use super::fleet::Fleet;
 use super::{Inner, TokenProvider};
-
-/// What a provider was built with: margins, retry policy, waits and the storm guard.
-#[derive(Clone, Debug)]
-pub(super) struct Config {
-    pub(super) name: String,
-    pub(super) hard_margin: Duration,
-    pub(super) proactive_margin: Duration,
-    pub(super) max_attempts: u32,
-    pub(super) backoff_base: Duration,
-    pub(super) backoff_max: Duration,
-    pub(super) max_retry_after: Duration,
-    pub(super) retry_budget: Duration,
-    pub(super) cooldown: Duration,
-    pub(super) fetch_timeout: Duration,
-    pub(super) max_wait: Duration,
-    pub(super) forced_interval: Duration,
-    pub(super) forced_interval_max: Duration,
-    pub(super) revocation_burst: u32,
-    pub(super) revocation_refill: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            name: "default".to_owned(),
-            hard_margin: DEFAULT_HARD_MARGIN,
-            proactive_margin: DEFAULT_PROACTIVE_MARGIN,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            backoff_base: DEFAULT_BACKOFF_BASE,
-            backoff_max: DEFAULT_BACKOFF_MAX,
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            retry_budget: DEFAULT_RETRY_BUDGET,
-            cooldown: DEFAULT_COOLDOWN,
-            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
-            max_wait: DEFAULT_MAX_WAIT,
-            forced_interval: DEFAULT_FORCED_REFRESH_INTERVAL,
-            forced_interval_max: MAX_FORCED_REFRESH_INTERVAL,
-            revocation_burst: DEFAULT_REVOCATION_BURST,
-            revocation_refill: DEFAULT_REVOCATION_REFILL,
-        }
-    }
-}
 
 /// Adjusts a [`TokenProvider`]'s margins and retry policy; from [`TokenProvider::builder`].
 pub struct TokenProviderBuilder {
@@ -204,9 +163,22 @@ impl TokenProviderBuilder {
         self
     }
 
-    /// How long a fleet's refresh lease lasts if its holder never releases it, and the
-    /// timeout of each store call. Defaults: [`DEFAULT_STORE_LEASE_TTL`] (40 s) and
-    /// [`DEFAULT_STORE_TIMEOUT`] (1 s).
+    /// How long a fleet's refresh lease outlives a holder that stopped renewing it, and the
+    /// timeout of each store call.
+    ///
+    /// The holder renews its lease every third of `lease_ttl` while it fetches, so a
+    /// refresh may take far longer than the lease; a holder that dies mid-refresh (killed,
+    /// its host lost) holds the fleet up for at most `lease_ttl` and a poll (250 ms), then
+    /// another process takes the lease. A process waits on another's lease for at most
+    /// `lease_ttl` plus the [`fetch_timeout`](Self::fetch_timeout), and never longer than
+    /// half the [`max_wait`](Self::max_wait): then it fetches a token itself, with half its
+    /// callers' wait left for that. A lease longer than `max_wait` is therefore allowed: it
+    /// only slows the fleet's recovery from a dead holder, up to that bound, and never makes
+    /// a waiting caller fail with [`Error::WaitTimeout`]. A store that cannot renew leases
+    /// ([`TokenStore::renew`]'s default) needs a lease longer than a refresh takes;
+    /// [`RedisStore`](crate::store) and [`FileStore`](crate::store::FileStore) renew.
+    /// [`try_build`](Self::try_build) refuses a zero duration. Defaults:
+    /// [`DEFAULT_STORE_LEASE_TTL`] (1 s) and [`DEFAULT_STORE_TIMEOUT`] (1 s).
     pub fn store_timeouts(mut self, lease_ttl: Duration, call_timeout: Duration) -> Self {
         self.store_lease_ttl = lease_ttl;
         self.store_timeout = call_timeout;
@@ -234,9 +206,16 @@ impl TokenProviderBuilder {
         let Some(store) = self.store.take() else {
             return Ok(None);
         };
-        let key = match (&self.store_key, self.source.store_key()) {
-            (Some(name), _) => crate::store::named_key(name),
-            (None, Some(key)) => key,
+        if self.store_lease_ttl.is_zero() || self.store_timeout.is_zero() {
+            return Err(Error::Config(format!(
+                "store_timeouts({:?}, {:?}): the lease TTL and the call timeout must be longer \
+                 than zero (defaults: {DEFAULT_STORE_LEASE_TTL:?} and {DEFAULT_STORE_TIMEOUT:?})",
+                self.store_lease_ttl, self.store_timeout
+            )));
+        }
+        let (identity, named) = match (&self.store_key, self.source.store_key()) {
+            (Some(name), _) => (crate::store::named_key(name), true),
+            (None, Some(key)) => (key, false),
             (None, None) => {
                 return Err(Error::Config(
                     "a token store needs a key for this token source, which derives none: \
@@ -251,23 +230,27 @@ impl TokenProviderBuilder {
                  encryption key (.encryption_key), or allow that with .allow_plaintext(true)"
             ))
         })?;
+        let names = sealer.names(&identity, named);
         let (store, sealer): (Arc<dyn TokenStore>, _) = (Arc::from(store), Arc::new(sealer));
+        let status = StoreStatus::new(self.config.name.clone(), names[0].0.clone());
         self.source.attach_store(SourceStore::new(
             Arc::clone(&store),
             Arc::clone(&sealer),
-            key.clone(),
+            names.clone(),
             self.store_lease_ttl,
             self.store_timeout,
+            Arc::clone(&status),
         ));
+        let mut names = names.into_iter().map(|(name, _)| name);
         Ok(Some(Fleet {
             provider: self.config.name.clone(),
             store,
             sealer,
-            key,
+            key: names.next().expect("an entry has a name under every key"),
+            previous: names.collect(),
             lease_ttl: self.store_lease_ttl,
             timeout: self.store_timeout,
-            healthy: true.into(),
-            metrics: None,
+            status,
             entries: Default::default(),
         }))
     }

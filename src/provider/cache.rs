@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::token::AccessToken;
 
-use super::builder::Config;
+use super::config::Config;
 
 /// Short tokens: the hard margin is at most this fraction (1/10) of the token's lifetime, so
 /// a 59 s token is usable for 53 s instead of being "expired on arrival".

@@ -134,6 +134,9 @@ impl Outcome {
 struct Progress {
     attempt: u32,
     last_error: Option<Error>,
+    /// Whether the refresh waits for another process of the fleet, the holder of the
+    /// token store's lease.
+    waiting_on_lease: bool,
 }
 
 enum Waited {
@@ -197,6 +200,7 @@ impl Inner {
                         waited: now.saturating_duration_since(started),
                         attempt: progress.attempt.max(1),
                         last_error: progress.last_error.map(Box::new),
+                        waiting_on_lease: progress.waiting_on_lease,
                     });
                 }
             }
@@ -241,7 +245,7 @@ impl Inner {
         {
             // In the cool-down a token that is usable, if short of `min`, beats the error.
             return match usable {
-                Some(cached) => Ok(Joined::Token(cached.token)),
+                Some(cached) => Ok(Joined::Token(cached.token.clone())),
                 None => Err(failure.error.clone()),
             };
         }
@@ -547,7 +551,12 @@ impl Flight {
         Progress {
             attempt: progress.attempt,
             last_error: progress.last_error.clone(),
+            waiting_on_lease: progress.waiting_on_lease,
         }
+    }
+
+    pub(super) fn set_waiting_on_lease(&self, waiting: bool) {
+        self.lock_progress().waiting_on_lease = waiting;
     }
 
     /// The token came from the token store, not the token endpoint.

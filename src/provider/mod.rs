@@ -4,10 +4,12 @@
 //! One file per concern: this one holds the provider's public face and its fast path;
 //! [`cache`] where a token's refresh points fall, [`flight`] the shared refresh and its
 //! hand-off between runtimes, [`retry`] the failure policy (backoff, cool-down), [`storm`]
-//! what a rejection may cost, and [`builder`] the settings.
+//! what a rejection may cost, [`fleet`] the sharing through a token store, [`config`] the
+//! settings and [`builder`] what sets them.
 
 mod builder;
 mod cache;
+mod config;
 mod fleet;
 mod flight;
 mod keyed;
@@ -17,6 +19,8 @@ mod storm;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -27,9 +31,9 @@ use crate::quiet_panic::Passed;
 use crate::source::TokenSource;
 use crate::token::AccessToken;
 
-use builder::Config;
 pub use builder::TokenProviderBuilder;
 use cache::Cached;
+use config::Config;
 use fleet::Fleet;
 use flight::{Flight, Reason};
 pub use keyed::{KeyedTokenProvider, KeyedTokenProviderBuilder};
@@ -61,7 +65,7 @@ use storm::StormGuard;
 ///   before they ever worked, so an API that rejects every token cannot turn each call into
 ///   a token request.
 ///
-/// Cloning is cheap and clones share the cache. Reading a cached token takes a read lock,
+/// Cloning is cheap and clones share the cache. Reading a cached token takes no lock (an atomic load),
 /// reads the clock and clones an [`Arc`]: no await, no allocation. Time is [`tokio::time`],
 /// so tests can pause it. Needs a Tokio runtime with the time driver.
 ///
@@ -91,7 +95,7 @@ struct Inner {
     config: Config,
     /// The cached token with its refresh points: read on the fast path, written only with
     /// `state` held.
-    cache: RwLock<Option<Cached>>,
+    cache: ArcSwapOption<Cached>,
     /// Whether a refresh is in flight (mirrors `state.flight`), so that callers in the
     /// proactive window keep the fast path while the background refresh runs.
     refreshing: AtomicBool,
@@ -114,6 +118,8 @@ struct Inner {
     /// Why the provider cannot work (a store it was built with is refused): every caller
     /// gets this.
     misconfigured: Option<Error>,
+    /// When the provider was built (wall clock): when a refused store became its error.
+    created: SystemTime,
 }
 
 /// What changes only under the state lock.
@@ -226,6 +232,12 @@ impl TokenProvider {
         inner
             .metrics
             .ready(cached.as_ref().is_some_and(|c| c.usable(now)));
+        // A store the provider was built with and cannot use fails every call: say so.
+        let store_error = match (&inner.fleet, &inner.misconfigured) {
+            (Some(fleet), _) => fleet.status.last_error(),
+            (None, Some(error)) => Some((error.to_string(), inner.created)),
+            (None, None) => None,
+        };
         Health {
             token_cached: cached.is_some(),
             expires_in: cached.as_ref().map(|c| until(c.token.expires_at())),
@@ -233,7 +245,10 @@ impl TokenProvider {
             refresh_in: cached.as_ref().map(|c| until(c.refresh_at)),
             refreshing: state.flight.is_some(),
             consecutive_failures: state.consecutive_failures,
-            last_error: state.last_error.clone(),
+            last_error: state
+                .last_error
+                .clone()
+                .or_else(|| inner.misconfigured.clone()),
             last_refresh: state.last_refresh,
             token_requests: inner.token_requests.load(Ordering::Relaxed),
             forced_refreshes: inner.forced_refreshes.load(Ordering::Relaxed),
@@ -243,10 +258,13 @@ impl TokenProvider {
                 .as_ref()
                 .map(|f| until(f.retry_at))
                 .filter(|d| !d.is_zero()),
-            store_ok: inner
-                .fleet
-                .as_ref()
-                .map(|f| f.healthy.load(Ordering::Relaxed)),
+            store_ok: match (&inner.fleet, &inner.misconfigured) {
+                (Some(fleet), _) => Some(fleet.status.ok()),
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            },
+            store_error_at: store_error.as_ref().map(|(_, at)| *at),
+            store_error: store_error.map(|(text, _)| text),
         }
     }
 
@@ -278,14 +296,13 @@ impl Inner {
         config: Config,
         fleet: std::result::Result<Option<Fleet>, Error>,
     ) -> Self {
-        let (mut fleet, misconfigured) = match fleet {
+        let (fleet, misconfigured) = match fleet {
             Ok(fleet) => (fleet, None),
             Err(error) => (None, Some(error)),
         };
-        if let Some(fleet) = &mut fleet {
+        if let Some(fleet) = &fleet {
             // The store gauge, too, exists from the start: healthy until a call fails.
-            metrics.store_call(true);
-            fleet.metrics = Some(metrics.clone());
+            fleet.status.set_metrics(metrics.clone());
         }
         // The `ready` gauge exists from the start, so a dashboard sees a provider that never
         // got a token.
@@ -294,7 +311,7 @@ impl Inner {
             source,
             metrics,
             config,
-            cache: RwLock::new(None),
+            cache: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
             in_flight: RwLock::new(None),
             time_checked: Passed::new(),
@@ -304,6 +321,7 @@ impl Inner {
             nonce_resends: AtomicU64::new(0),
             fleet,
             misconfigured,
+            created: SystemTime::now(),
         }
     }
 
@@ -312,20 +330,24 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, Option<Cached>> {
-        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    /// The cached token with its refresh points, read without a lock.
+    fn read_cache(&self) -> arc_swap::Guard<Option<Arc<Cached>>> {
+        self.cache.load()
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Option<Cached>> {
-        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    /// Caches `cached` (or nothing); `state` must be locked, so that writers never race.
+    fn write_cache(&self, cached: Option<Cached>) {
+        self.cache.store(cached.map(Arc::new));
     }
 
     /// Drops `token` if it is the cached one; `state` must be locked.
     fn drop_cached(&self, token: &AccessToken) -> bool {
-        let mut cache = self.write_cache();
-        let hit = cache.as_ref().is_some_and(|c| c.token.ptr_eq(token));
+        let hit = self
+            .read_cache()
+            .as_ref()
+            .is_some_and(|c| c.token.ptr_eq(token));
         if hit {
-            *cache = None;
+            self.write_cache(None);
         }
         hit
     }

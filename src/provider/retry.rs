@@ -14,8 +14,8 @@ use crate::defaults::MAX_COOLDOWN;
 use crate::error::{Error, Result};
 use crate::token::AccessToken;
 
-use super::builder::Config;
 use super::cache::{self, Cached, later};
+use super::config::Config;
 use super::flight::Flight;
 use super::{Inner, State};
 
@@ -118,7 +118,7 @@ impl Inner {
                 state.consecutive_failures = 0;
                 state.last_error = None;
                 state.last_refresh = Some(SystemTime::now());
-                *self.write_cache() = Some(Cached::new(&self.config, token.clone()));
+                self.write_cache(Some(Cached::new(&self.config, token.clone())));
                 self.metrics.refresh(elapsed, Some(token.expires_in()));
             }
             Err(error) => {

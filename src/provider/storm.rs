@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use crate::token::AccessToken;
 
 use super::TokenProvider;
-use super::builder::Config;
 use super::cache::later;
+use super::config::Config;
 
 /// Rate limit of refreshes forced by rejections; lives in the provider's state.
 #[derive(Debug, Default)]

@@ -18,7 +18,8 @@ use super::{StoreConfig, StoreError, TokenStore};
 /// - The lease is an advisory lock (`flock`) on `{key}.lease`, held while its holder
 ///   refreshes. The operating system drops it when the holder exits, however it exits, so a
 ///   process killed mid-refresh is replaced at once; the TTL is not needed.
-/// - Entries are sealed with [`encryption_key`](Self::encryption_key); without one,
+/// - Entries are sealed with [`encryption_key`](Self::encryption_key) (or
+///   [`encryption_keys`](Self::encryption_keys), to move to a new key); without one,
 ///   [`allow_plaintext`](Self::allow_plaintext) must say that 0600 files are protection
 ///   enough (as for the credentials file next to them).
 ///
@@ -42,9 +43,18 @@ impl FileStore {
         }
     }
 
-    /// Seals entries with this 32-byte key (XChaCha20-Poly1305). Default: none.
+    /// Seals entries with this 32-byte key (XChaCha20-Poly1305); make one with
+    /// `openssl rand -hex 32`. Default: none.
     pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
         self.config = StoreConfig::encryption_key(key);
+        self
+    }
+
+    /// Seals entries with the first of `keys` and opens them with any: the current key
+    /// first, then previous ones, while the processes of the host move to a new key (see
+    /// [`RedisStore::encryption_keys`](crate::store) for the procedure). Default: none.
+    pub fn encryption_keys(mut self, keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        self.config = StoreConfig::encryption_keys(keys);
         self
     }
 
@@ -52,6 +62,13 @@ impl FileStore {
     /// base64 of 32 bytes); fails naming the variable if it is unset or not such a key.
     pub fn encryption_key_from_env(mut self, name: &str) -> crate::Result<Self> {
         self.config = StoreConfig::encryption_key_from_env(name)?;
+        Ok(self)
+    }
+
+    /// [`encryption_keys`](Self::encryption_keys) from the environment variable `name`:
+    /// the current key first, then previous ones, separated by commas or whitespace.
+    pub fn encryption_keys_from_env(mut self, name: &str) -> crate::Result<Self> {
+        self.config = StoreConfig::encryption_keys_from_env(name)?;
         Ok(self)
     }
 
@@ -232,6 +249,13 @@ impl TokenStore for FileStore {
             leases.remove(key);
         }
         Ok(())
+    }
+
+    /// The lock is held until released or its holder exits: renewing only says whether
+    /// `fence` still holds it.
+    async fn renew(&self, key: &str, fence: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        let leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(leases.get(key).is_some_and(|(held, _)| held == fence))
     }
 
     fn swaps(&self) -> bool {

@@ -1,7 +1,14 @@
 //! Store keys: a stable name for "the token these settings would fetch", derived from
 //! everything that determines the token (grant, token URL, client, scope, audience, and the
 //! secret), hashed so that no part of it, the secret least of all, can be read back.
+//!
+//! A source's key (the *identity*, [`KeyBuilder`]) is an unkeyed hash: anyone who guesses
+//! the secret can compute it. So it never reaches the store as it is: with an encryption
+//! key, the name in the store is a keyed hash of it ([`Namer`], HMAC-SHA-256 under a key
+//! derived from the encryption key), which nobody without the encryption key can compute
+//! or test a guess against.
 
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::{Digest, Sha256};
 
 /// Hex digits of the hash kept in a key: 128 bits, far past any chance of two settings
@@ -42,6 +49,57 @@ impl KeyBuilder {
         let digest = self.hash.finalize();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}-{}", self.grant, &hex[..HASH_HEX_DIGITS])
+    }
+}
+
+/// Names entries under one encryption key: `{grant}-{keyed hash}`.
+pub(crate) struct Namer {
+    /// HMAC-SHA-256 of a fixed label under the encryption key: a key of its own for names,
+    /// so that the sealing key itself is never used for anything but sealing.
+    key: [u8; 32],
+}
+
+/// The label the naming key is derived with (and its format version).
+const NAMING_LABEL: &[u8] = b"token-refresh store key names, format 1";
+
+impl Namer {
+    pub(crate) fn new(encryption_key: &[u8; 32]) -> Self {
+        Self {
+            key: hmac(encryption_key, &[NAMING_LABEL]),
+        }
+    }
+
+    /// The name of `identity`'s entry: its readable part (the grant, `jwt-bearer`, or
+    /// `source` for a key of another shape) and a keyed hash of the whole.
+    pub(crate) fn name(&self, identity: &str) -> String {
+        let digest = hmac(&self.key, &[identity.as_bytes()]);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}", label(identity), &hex[..HASH_HEX_DIGITS])
+    }
+}
+
+/// HMAC-SHA-256 of the concatenated `parts` under `key`.
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// The readable part of an identity `{grant}-{hash}` made by [`KeyBuilder`]: the grant;
+/// `source` for a key a custom source made otherwise (which may say more than it should).
+fn label(identity: &str) -> &str {
+    match identity.rsplit_once('-') {
+        Some((grant, hash))
+            if !grant.is_empty()
+                && hash.len() == HASH_HEX_DIGITS
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                && grant.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
+        {
+            grant
+        }
+        _ => "source",
     }
 }
 
@@ -87,6 +145,32 @@ mod tests {
         assert_ne!(split("ab", "c"), split("a", "bc"));
         let none = KeyBuilder::new("g").optional(None::<&str>).finish();
         assert_ne!(none, KeyBuilder::new("g").optional(Some("")).finish());
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2: key "Jefe".
+        let mac = hmac(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn names_are_keyed_hashes_that_keep_the_grant_readable() {
+        let identity = KeyBuilder::new("client-credentials")
+            .part("s3cret")
+            .finish();
+        let (one, two) = (Namer::new(&[1; 32]), Namer::new(&[2; 32]));
+        let name = one.name(&identity);
+        assert!(name.starts_with("client-credentials-"), "{name}");
+        assert_eq!(name.len(), identity.len());
+        assert_ne!(name, identity, "the unkeyed hash never reaches the store");
+        assert_eq!(name, one.name(&identity), "stable");
+        assert_ne!(name, two.name(&identity), "another key, another name");
+        assert!(one.name("my custom key").starts_with("source-"));
     }
 
     #[test]

@@ -1,10 +1,61 @@
 #![allow(dead_code)]
-//! A real Redis for the tests: `TOKEN_REFRESH_TEST_REDIS_URL` if set, else a `redis-server`
-//! started here on a free loopback port with no persistence, stopped when dropped.
+//! Real Redis for the tests, from one place: a standalone server (a `redis-server` started
+//! here on a free loopback port with no persistence) and a Redis Cluster of three masters and three
+//! replicas (six `redis-server --cluster-enabled yes` on free ports, joined by
+//! `redis-cli --cluster create`). Both are killed when dropped. Without `redis-server` (or
+//! `redis-cli`) they fail saying how to install it: a Redis test is never skipped.
 
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// What to do when a Redis program is missing.
+const INSTALL: &str = "install Redis with `apt-get install -y redis-server` (Debian, Ubuntu; \
+    it brings redis-cli), `brew install redis` (macOS) or your system's package; the \
+    README's test command, `scripts/test`, installs it where apt is available";
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `count` distinct free loopback ports.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `program` with `args`, panicking with how to install it if it is missing.
+fn spawn(program: &str, args: &[String]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program} ({e}): {INSTALL}"))
+}
 
 pub struct RedisServer {
     pub url: String,
@@ -13,21 +64,10 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one (or uses the one named by `TOKEN_REFRESH_TEST_REDIS_URL`). Fails, saying how
-    /// to install it, when there is no `redis-server`: a Redis test is never skipped.
+    /// Starts one. Fails, saying how to install it, when there is no `redis-server`: a
+    /// Redis test is never skipped.
     pub fn start() -> Self {
-        if let Ok(url) = std::env::var("TOKEN_REFRESH_TEST_REDIS_URL") {
-            return Self {
-                url,
-                port: 0,
-                child: None,
-            };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = Self {
             url: format!("redis://127.0.0.1:{port}/"),
             port,
@@ -38,29 +78,23 @@ impl RedisServer {
     }
 
     fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it with \
-                     `apt-get install -y redis-server` (the README's test command, \
-                     `bash .ci/run`, does), or point TOKEN_REFRESH_TEST_REDIS_URL at a Redis"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        self.child = Some(spawn("redis-server", &args));
+        wait_for_port(self.port);
     }
 
     /// Stops the server (SIGKILL: no goodbye to the clients).
@@ -93,5 +127,211 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A Redis Cluster on loopback: three masters, each with one replica.
+pub struct RedisCluster {
+    /// `redis://127.0.0.1:{port}/` of every node.
+    pub urls: Vec<String>,
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and joins them (3 masters, 3 replicas); returns once every slot is
+    /// served and every replica is attached.
+    pub fn start() -> Self {
+        let ports = free_ports(12);
+        let (ports, bus) = ports.split_at(6);
+        let dir = std::env::temp_dir().join(format!(
+            "token-refresh-cluster-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Self {
+            urls: ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}/"))
+                .collect(),
+            ports: ports.to_vec(),
+            children: Vec::new(),
+            dir,
+        };
+        for (port, bus) in ports.iter().zip(bus) {
+            let args: Vec<String> = [
+                "--port".to_owned(),
+                port.to_string(),
+                "--cluster-port".to_owned(),
+                bus.to_string(),
+                "--bind".to_owned(),
+                "127.0.0.1".to_owned(),
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-config-file".to_owned(),
+                cluster
+                    .dir
+                    .join(format!("nodes-{port}.conf"))
+                    .display()
+                    .to_string(),
+                "--cluster-node-timeout".to_owned(),
+                "2000".to_owned(),
+                "--dir".to_owned(),
+                cluster.dir.display().to_string(),
+                "--save".to_owned(),
+                String::new(),
+                "--appendonly".to_owned(),
+                "no".to_owned(),
+            ]
+            .to_vec();
+            cluster.children.push(spawn("redis-server", &args));
+        }
+        for port in ports {
+            wait_for_port(*port);
+        }
+        let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+        create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let output = Command::new("redis-cli")
+            .args(&create)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): {INSTALL}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.wait_until_ready();
+        cluster
+    }
+
+    /// Until every node says the cluster is ok with all slots, and there are three
+    /// replicas.
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.ports.iter().all(|port| {
+                let info = self.query::<String>(*port, redis::cmd("CLUSTER").arg("INFO"));
+                info.is_some_and(|info| {
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_ok:16384")
+                        && info.contains("cluster_known_nodes:6")
+                })
+            }) && self.replicas().len() == 3;
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A plain connection to the node on `port`.
+    pub fn connection(&self, port: u16) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, port: u16, cmd: &mut redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        cmd.query(&mut conn).ok()
+    }
+
+    /// The ports of the replicas, each with its master's port.
+    fn replicas(&self) -> Vec<(u16, u16)> {
+        self.ports
+            .iter()
+            .filter_map(|port| {
+                let info: String = self.query(*port, redis::cmd("INFO").arg("replication"))?;
+                if !info.contains("role:slave") {
+                    return None;
+                }
+                let master = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("master_port:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((*port, master))
+            })
+            .collect()
+    }
+
+    /// Every key on every master that matches `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|port| !self.replicas().iter().any(|(r, _)| r == *port))
+            .flat_map(|port| {
+                self.query::<Vec<String>>(*port, redis::cmd("KEYS").arg(pattern))
+                    .unwrap_or_default()
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The port of the master that serves `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot: u16 = self
+            .query(self.ports[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .expect("CLUSTER KEYSLOT");
+        let slots: Vec<Vec<redis::Value>> = self
+            .query(self.ports[0], redis::cmd("CLUSTER").arg("SLOTS"))
+            .expect("CLUSTER SLOTS");
+        for range in slots {
+            let number = |v: &redis::Value| match v {
+                redis::Value::Int(n) => *n,
+                _ => -1,
+            };
+            let (start, end) = (number(&range[0]), number(&range[1]));
+            if (start..=end).contains(&i64::from(slot))
+                && let redis::Value::Array(master) = &range[2]
+            {
+                return number(&master[1]) as u16;
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// A manual failover of the master that serves `key` (`CLUSTER FAILOVER` on its
+    /// replica, which takes over without losing a write); returns once the replica is the
+    /// master of the slot. Returns (old master, new master).
+    pub fn failover(&self, key: &str) -> (u16, u16) {
+        let master = self.master_of(key);
+        let (replica, _) = *self
+            .replicas()
+            .iter()
+            .find(|(_, m)| *m == master)
+            .expect("the master has a replica");
+        let () = self
+            .query(replica, redis::cmd("CLUSTER").arg("FAILOVER"))
+            .expect("CLUSTER FAILOVER");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.master_of(key) != replica {
+            assert!(Instant::now() < deadline, "the failover did not complete");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (master, replica)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -184,6 +184,7 @@ impl Shared {
             token,
             IssuedToken {
                 expires_at: Instant::now().checked_add(ttl),
+                granted: Default::default(),
                 revoked: false,
                 jkt: None,
             },
