@@ -366,6 +366,32 @@ pub enum Error {
         /// The issuer the document names.
         found: String,
     },
+
+    /// The client left its authentication method to the server's metadata
+    /// ([`OAuthClient::with_key`](crate::OAuthClient::with_key),
+    /// [`OAuthClient::new`](crate::OAuthClient::new) with a
+    /// [discovered](crate::TokenEndpoint::discover) endpoint), and no method the server lists
+    /// fits the client's credential. Nothing was sent. Permanent.
+    #[error(
+        "the authorization server {issuer} lists no client authentication for {credential} \
+         (token_endpoint_auth_methods_supported: [{}]; \
+         token_endpoint_auth_signing_alg_values_supported: [{}]): {hint}, or choose the method \
+         with client_auth(ClientAuth::...)",
+        methods.join(", "),
+        signing_algs.join(", ")
+    )]
+    ClientAuthUnsupported {
+        /// The issuer whose metadata was read.
+        issuer: String,
+        /// What the client offered, e.g. `a client secret` or `ES256 key (private_key_jwt)`.
+        credential: String,
+        /// The server's `token_endpoint_auth_methods_supported`.
+        methods: Vec<String>,
+        /// The server's `token_endpoint_auth_signing_alg_values_supported`.
+        signing_algs: Vec<String>,
+        /// What to change.
+        hint: String,
+    },
 }
 
 fn plural(n: usize) -> &'static str {

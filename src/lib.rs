@@ -241,6 +241,7 @@
 //! | WARN | `none of the resource's authorization servers is allowed: no token asked for` | `resource`, `offered` |
 //! | WARN | `discovery has learned as many resources as it keeps: this one is not learned` | `resource` |
 //! | DEBUG | `server metadata fetched` | `issuer`, `url` |
+//! | DEBUG | `client authentication chosen from the server's metadata` | `issuer`, `method` |
 //! | WARN | `re-fetching the server's metadata failed: using what it said before` | `issuer`, `error` |
 //! | ERROR | `the token provider cannot use its token store` | `error` |
 //! | WARN | `the token store failed: fetching tokens without it until it answers again` | `provider`, `key`, `operation`, `error` (once per outage) |

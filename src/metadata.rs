@@ -9,6 +9,36 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::exchange::http::{GetError, Http};
+use crate::signing::SigningAlgorithm;
+
+/// What a client that left its authentication method open offers to authenticate with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Offer {
+    /// A client secret: `client_secret_basic` or `client_secret_post`.
+    Secret,
+    /// A key that signs client assertions with this algorithm: `private_key_jwt`, or
+    /// `client_secret_jwt` for HS256.
+    Key(SigningAlgorithm),
+}
+
+/// A client authentication method (RFC 8414 `token_endpoint_auth_methods_supported`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthMethod {
+    Basic,
+    Post,
+    Assertion,
+}
+
+impl Offer {
+    /// The method without metadata to choose by: HTTP Basic for a secret (what RFC 6749
+    /// §2.3.1 makes every server support), an assertion for a key.
+    pub(crate) fn default_method(self) -> AuthMethod {
+        match self {
+            Offer::Secret => AuthMethod::Basic,
+            Offer::Key(_) => AuthMethod::Assertion,
+        }
+    }
+}
 
 /// What an authorization server says about itself: from
 /// [`TokenEndpoint::metadata`](crate::TokenEndpoint::metadata).
@@ -53,6 +83,63 @@ impl ServerMetadata {
     /// `dpop_signing_alg_values_supported` (RFC 9449); empty when absent.
     pub fn dpop_signing_algs(&self) -> &[String] {
         &self.dpop_algs
+    }
+
+    /// The client authentication method for a client that offers `offer` and left the method
+    /// open: for a secret, `client_secret_basic` if listed, else `client_secret_post`; for a
+    /// key, `private_key_jwt` (`client_secret_jwt` for an HMAC key) if listed, with the key's
+    /// algorithm among `token_endpoint_auth_signing_alg_values_supported` when the server
+    /// lists any. None that fits is [`Error::ClientAuthUnsupported`], saying what the server
+    /// lists and what to change.
+    pub(crate) fn choose_client_auth(&self, offer: Offer) -> Result<AuthMethod> {
+        let lists = |method: &str| self.auth_methods.iter().any(|m| m == method);
+        let refuse = |credential: String, hint: String| Error::ClientAuthUnsupported {
+            issuer: self.issuer.clone(),
+            credential,
+            methods: self.auth_methods.clone(),
+            signing_algs: self.auth_signing_algs.clone(),
+            hint,
+        };
+        match offer {
+            Offer::Secret if lists("client_secret_basic") => Ok(AuthMethod::Basic),
+            Offer::Secret if lists("client_secret_post") => Ok(AuthMethod::Post),
+            Offer::Secret => Err(refuse(
+                "a client secret".into(),
+                if lists("client_secret_jwt") {
+                    "sign with the secret: ClientAuth::client_secret_jwt(secret)".into()
+                } else {
+                    "give the client a key the server accepts: OAuthClient::with_key".into()
+                },
+            )),
+            Offer::Key(alg) => {
+                let method = match alg {
+                    SigningAlgorithm::HS256 => "client_secret_jwt",
+                    _ => "private_key_jwt",
+                };
+                let credential = format!("{} key ({method})", alg.name());
+                if !lists(method) {
+                    let hint = if lists("client_secret_basic") || lists("client_secret_post") {
+                        "authenticate with the client secret: OAuthClient::new".to_owned()
+                    } else {
+                        format!("this server takes no {method} client assertions")
+                    };
+                    return Err(refuse(credential, hint));
+                }
+                let signs = self.auth_signing_algs.is_empty()
+                    || self.auth_signing_algs.iter().any(|a| a == alg.name());
+                if signs {
+                    return Ok(AuthMethod::Assertion);
+                }
+                let hint = match alg {
+                    SigningAlgorithm::RS256 | SigningAlgorithm::PS256 => {
+                        "sign with an algorithm it lists (an RSA key signs RS256 or PS256: \
+                         SigningKey::with_algorithm), or use a key of another type"
+                    }
+                    _ => "use a key whose algorithm it lists",
+                };
+                Err(refuse(credential, hint.to_owned()))
+            }
+        }
     }
 
     /// Reads a metadata document, refusing one for another issuer.
@@ -217,6 +304,66 @@ mod tests {
             "https://example.com/.well-known/oauth-authorization-server"
         );
         assert!(well_known_urls("https://example.com/?x=1").is_err());
+    }
+
+    fn server(methods: Option<&[&str]>, algs: Option<&[&str]>) -> ServerMetadata {
+        let mut doc = serde_json::json!({
+            "issuer": "https://as.example",
+            "token_endpoint": "https://as.example/token",
+        });
+        if let Some(methods) = methods {
+            doc["token_endpoint_auth_methods_supported"] = serde_json::json!(methods);
+        }
+        if let Some(algs) = algs {
+            doc["token_endpoint_auth_signing_alg_values_supported"] = serde_json::json!(algs);
+        }
+        ServerMetadata::parse("https://as.example", &doc).unwrap()
+    }
+
+    #[test]
+    fn a_secret_gets_basic_unless_only_post_is_listed() {
+        use AuthMethod::{Basic, Post};
+        let choose = |methods| server(methods, None).choose_client_auth(Offer::Secret);
+        // RFC 8414's default when the list is absent: client_secret_basic.
+        assert_eq!(choose(None).unwrap(), Basic);
+        let both: &[&str] = &["client_secret_post", "client_secret_basic"];
+        assert_eq!(choose(Some(both)).unwrap(), Basic);
+        let post: &[&str] = &["client_secret_post", "private_key_jwt"];
+        assert_eq!(choose(Some(post)).unwrap(), Post);
+        let keys: &[&str] = &["private_key_jwt", "client_secret_jwt"];
+        let error = choose(Some(keys)).unwrap_err();
+        assert!(
+            matches!(&error, Error::ClientAuthUnsupported { hint, .. } if hint.contains("client_secret_jwt(secret)")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_key_needs_its_method_and_its_algorithm_listed() {
+        use SigningAlgorithm::{ES256, EdDSA, HS256, RS256};
+        let pkjwt: &[&str] = &["private_key_jwt", "client_secret_basic"];
+        let choose = |methods, algs, alg| server(methods, algs).choose_client_auth(Offer::Key(alg));
+        assert_eq!(
+            choose(Some(pkjwt), Some(&["ES256"][..]), ES256).unwrap(),
+            AuthMethod::Assertion
+        );
+        // No algorithm list (RFC 8414 wants one with these methods): the key's is tried.
+        assert_eq!(
+            choose(Some(pkjwt), None, EdDSA).unwrap(),
+            AuthMethod::Assertion
+        );
+        let error = choose(Some(pkjwt), Some(&["ES256", "PS256"][..]), RS256).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("RS256 key (private_key_jwt)"), "{text}");
+        assert!(text.contains("[ES256, PS256]"), "{text}");
+        assert!(text.contains("with_algorithm"), "{text}");
+        // An HMAC key is client_secret_jwt, which this server does not list.
+        let error = choose(Some(pkjwt), None, HS256).unwrap_err();
+        assert!(error.to_string().contains("client_secret_jwt"), "{error}");
+        assert!(error.to_string().contains("OAuthClient::new"), "{error}");
+        // Absent list: client_secret_basic only.
+        assert!(choose(None, None, ES256).is_err());
+        assert!(!choose(None, None, ES256).unwrap_err().is_transient());
     }
 
     #[test]

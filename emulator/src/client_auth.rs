@@ -10,7 +10,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::form::{Form, Rejection, percent_decode};
+use super::form::{Form, Rejection, parse_form, percent_decode};
 
 /// Base64 as RFC 6749 §2.3.1 wants it (the standard alphabet), decoding with or without
 /// padding: clients disagree on the padding, and it carries no information.
@@ -89,6 +89,49 @@ impl Client {
             ));
         }
         Ok(())
+    }
+}
+
+/// What a server that takes only `methods` (RFC 8414 `token_endpoint_auth_methods_supported`)
+/// and, for client assertions, only `algs` says to a token request: `None` if it may go on to
+/// the other checks, else `invalid_client` naming the method or algorithm it used. A request
+/// without client authentication (a JWT-bearer grant) or whose form does not decode is left
+/// to the other checks.
+pub(super) fn refuse_method(
+    headers: &HeaderMap,
+    body: &[u8],
+    methods: Option<&[String]>,
+    algs: Option<&[String]>,
+) -> Option<Rejection> {
+    let form = parse_form(body).ok()?;
+    let (method, alg) = if let Some(assertion) = form.get("client_assertion") {
+        let alg = super::jwt::header(assertion)
+            .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        let method = if alg == "HS256" {
+            "client_secret_jwt"
+        } else {
+            "private_key_jwt"
+        };
+        (method, Some(alg))
+    } else if headers.contains_key(AUTHORIZATION) {
+        ("client_secret_basic", None)
+    } else if form.get("client_secret").is_some() {
+        ("client_secret_post", None)
+    } else {
+        return None;
+    };
+    if methods.is_some_and(|m| !m.iter().any(|m| m == method)) {
+        return Some(Rejection::client(format!(
+            "this server does not accept {method} (token_endpoint_auth_methods_supported)"
+        )));
+    }
+    match (alg, algs) {
+        (Some(alg), Some(algs)) if !algs.contains(&alg) => Some(Rejection::client(format!(
+            "this server does not accept client assertions signed {alg} \
+                 (token_endpoint_auth_signing_alg_values_supported)"
+        ))),
+        _ => None,
     }
 }
 

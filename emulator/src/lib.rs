@@ -45,6 +45,11 @@
 //!   else `invalid_scope` — and is echoed as `scope` in the token response; an optional
 //!   `audience` is accepted and ignored.
 //!
+//! The metadata lists every client authentication method and assertion algorithm it takes;
+//! a test can narrow both ([`set_auth_methods`](Emulator::set_auth_methods),
+//! [`set_auth_signing_algs`](Emulator::set_auth_signing_algs)), and a token request that
+//! authenticates otherwise is then `invalid_client` (401) naming its method or algorithm.
+//!
 //! For the **refresh-token grant** (RFC 6749 §6), the client authenticates as for client
 //! credentials, and `refresh_token` must be one [`issue_refresh_token`](Emulator::issue_refresh_token)
 //! started or a refresh answered with. Each refresh spends it and answers with the next
@@ -308,6 +313,10 @@ struct State {
     subject_tokens: Vec<String>,
     /// The issuer the metadata names, when a test makes it differ from the origin.
     metadata_issuer: Option<String>,
+    /// The client authentication methods listed and accepted, when a test narrows them.
+    auth_methods: Option<Vec<String>>,
+    /// The client assertion algorithms listed and accepted, when a test narrows them.
+    auth_algs: Option<Vec<String>>,
     /// The API as a protected resource: RFC 9728 metadata, resource and scope checks.
     protection: protected::Protection,
     /// The cloud identity services' state.
@@ -600,6 +609,25 @@ impl Emulator {
         self.shared.lock().metadata_issuer = issuer;
     }
 
+    /// Narrows the client authentication methods to `methods` (RFC 8414 names:
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt`, `client_secret_jwt`):
+    /// the metadata lists them as `token_endpoint_auth_methods_supported`, and a token
+    /// request that authenticates otherwise is `invalid_client` (401) naming its method.
+    /// `None` restores the default: all four, listed and accepted.
+    pub fn set_auth_methods(&self, methods: Option<&[&str]>) {
+        self.shared.lock().auth_methods =
+            methods.map(|m| m.iter().map(|s| (*s).to_owned()).collect());
+    }
+
+    /// Narrows the algorithms of client assertions to `algs` (`RS256`, `PS256`, `ES256`,
+    /// `EdDSA`, `HS256`): the metadata lists them as
+    /// `token_endpoint_auth_signing_alg_values_supported`, and a client assertion signed
+    /// otherwise is `invalid_client` (401) naming its algorithm. `None` restores the
+    /// default: all five, listed and accepted.
+    pub fn set_auth_signing_algs(&self, algs: Option<&[&str]>) {
+        self.shared.lock().auth_algs = algs.map(|a| a.iter().map(|s| (*s).to_owned()).collect());
+    }
+
     /// Makes the token endpoint demand a DPoP nonce (RFC 9449 §8): a proof without the
     /// current one gets 400 `use_dpop_nonce` with a `DPoP-Nonce` header, and every token
     /// response carries the current nonce. Default: off.
@@ -758,6 +786,8 @@ impl EmulatorBuilder {
                 dpop: Default::default(),
                 subject_tokens: Vec::new(),
                 metadata_issuer: None,
+                auth_methods: None,
+                auth_algs: None,
                 protection: Default::default(),
                 cloud: cloud::State::default(),
             }),

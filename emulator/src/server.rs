@@ -108,14 +108,25 @@ async fn handle(
         if request.method() != Method::GET {
             return Ok(method_not_allowed("GET"));
         }
-        let issuer = {
+        let (issuer, methods, algs) = {
             let mut state = shared.lock();
             state.stats.discovery_requests += 1;
-            state.metadata_issuer.clone()
+            (
+                state.metadata_issuer.clone(),
+                state.auth_methods.clone(),
+                state.auth_algs.clone(),
+            )
         };
         let origin = shared.origin();
         let issuer = issuer.unwrap_or_else(|| origin.clone());
-        return Ok(json_response(StatusCode::OK, &metadata(&origin, &issuer)));
+        let mut document = metadata(&origin, &issuer);
+        if let Some(methods) = methods {
+            document["token_endpoint_auth_methods_supported"] = json!(methods);
+        }
+        if let Some(algs) = algs {
+            document["token_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+        }
+        return Ok(json_response(StatusCode::OK, &document));
     }
     if let Some(rest) = path.strip_prefix(RESOURCE_METADATA_PATH)
         && rest == API_PREFIX
@@ -165,6 +176,18 @@ async fn token_endpoint(
         }
     }
 
+    let refused = {
+        let state = shared.lock();
+        super::client_auth::refuse_method(
+            &parts.headers,
+            &body,
+            state.auth_methods.as_deref(),
+            state.auth_algs.as_deref(),
+        )
+    };
+    if let Some(rejection) = refused {
+        return Ok(token_error(shared, rejection.status, &rejection));
+    }
     let result = check_token_request(
         &parts.headers,
         &body,

@@ -218,15 +218,12 @@ impl TokenEndpoint {
         }
     }
 
-    /// The token URL now: from the metadata for a discovered endpoint.
-    pub(super) async fn target(&self) -> Result<String> {
+    /// The metadata of a [discovered](Self::discover) endpoint (cached; fetched if stale),
+    /// `None` for one given as a URL.
+    pub(super) async fn discovered(&self) -> Result<Option<Arc<ServerMetadata>>> {
         match &self.discovery {
-            Some(discovery) => Ok(discovery
-                .metadata(&self.http)
-                .await?
-                .token_endpoint()
-                .to_owned()),
-            None => Ok(self.url.clone()),
+            Some(discovery) => discovery.metadata(&self.http).await.map(Some),
+            None => Ok(None),
         }
     }
 

@@ -11,6 +11,7 @@ mod request;
 mod response;
 
 pub use endpoint::TokenEndpoint;
+pub(crate) use request::OpenCredential;
 pub use request::TokenRequest;
 pub use response::TokenResponse;
 #[doc(hidden)]

@@ -15,6 +15,7 @@ use super::http::{Carrying, retry_after};
 use super::response::{Accept, TokenResponse, parse_full};
 use crate::defaults::MAX_RESPONSE_BYTES;
 use crate::error::{Error, Result, Scrubber};
+use crate::metadata::{AuthMethod, Offer};
 use crate::signing::{self, Jws, Signer};
 use crate::token::AccessToken;
 
@@ -26,12 +27,33 @@ pub(crate) type MintAssertion<'a> = Box<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<SecretString>> + Send + 'a>> + Send + Sync + 'a,
 >;
 
+/// A client credential whose authentication method the server's metadata picks, for a
+/// client that left it open.
+pub(crate) enum OpenCredential<'a> {
+    /// A client secret: HTTP Basic or form parameters.
+    Secret(&'a str),
+    /// A key that signs client assertions (`private_key_jwt`, `client_secret_jwt`).
+    Key(&'a dyn Signer),
+}
+
+impl OpenCredential<'_> {
+    fn offer(&self) -> Offer {
+        match self {
+            Self::Secret(_) => Offer::Secret,
+            Self::Key(signer) => Offer::Key(signer.algorithm()),
+        }
+    }
+}
+
 /// One token request being built; from [`TokenEndpoint::request`](crate::TokenEndpoint::request).
 pub struct TokenRequest<'a> {
     endpoint: &'a TokenEndpoint,
     form: String,
     basic: Option<SecretString>,
     client_assertion: Option<(&'a str, &'a dyn Signer)>,
+    /// A client whose authentication method is chosen at [`send`](Self::send), from the
+    /// server's metadata if the endpoint was discovered.
+    open_client: Option<(&'a str, OpenCredential<'a>)>,
     /// A secret parameter signed anew for each attempt (a grant's assertion).
     minted: Option<(&'static str, MintAssertion<'a>)>,
     scrubber: Scrubber,
@@ -53,6 +75,7 @@ impl<'a> TokenRequest<'a> {
             form: String::new(),
             basic: None,
             client_assertion: None,
+            open_client: None,
             minted: None,
             scrubber: Scrubber::default(),
             not_applicable: false,
@@ -110,6 +133,50 @@ impl<'a> TokenRequest<'a> {
         self
     }
 
+    /// Authenticates the client `client_id` with `credential` by the method the server's
+    /// metadata lists (see `ServerMetadata::choose_client_auth`), chosen at send; for an
+    /// endpoint given as a URL, HTTP Basic for a secret and an assertion for a key.
+    pub(crate) fn open_client_auth(
+        mut self,
+        client_id: &'a str,
+        credential: OpenCredential<'a>,
+    ) -> Self {
+        self.open_client = Some((client_id, credential));
+        self
+    }
+
+    /// Applies the method the metadata (or, without it, the default) picks for an open
+    /// client; nothing is sent if none fits.
+    fn choose_client_auth(
+        mut self,
+        metadata: Option<&crate::metadata::ServerMetadata>,
+    ) -> Result<Self> {
+        let Some((client_id, credential)) = self.open_client.take() else {
+            return Ok(self);
+        };
+        let offer = credential.offer();
+        let method = match metadata {
+            Some(metadata) => {
+                let method = metadata.choose_client_auth(offer)?;
+                tracing::debug!(
+                    issuer = metadata.issuer(),
+                    ?method,
+                    "client authentication chosen from the server's metadata"
+                );
+                method
+            }
+            None => offer.default_method(),
+        };
+        // A secret is never offered as an assertion key, nor a key as a secret.
+        Ok(match (method, credential) {
+            (AuthMethod::Post, OpenCredential::Secret(secret)) => self
+                .param("client_id", client_id)
+                .secret_param("client_secret", secret),
+            (_, OpenCredential::Secret(secret)) => self.basic_auth(client_id, secret),
+            (_, OpenCredential::Key(signer)) => self.client_assertion(client_id, signer),
+        })
+    }
+
     /// Scrubs `secret` from whatever text the server sends back, for a secret that is not
     /// itself a parameter (the key an assertion was signed with).
     pub fn scrub(mut self, secret: &'a str) -> Self {
@@ -155,11 +222,16 @@ impl<'a> TokenRequest<'a> {
     /// `scope`.
     pub async fn send_response(mut self) -> Result<TokenResponse> {
         let endpoint = self.endpoint;
-        let target = endpoint.target().await?;
+        let metadata = endpoint.discovered().await?;
+        let target = match &metadata {
+            Some(metadata) => metadata.token_endpoint().to_owned(),
+            None => endpoint.url().to_owned(),
+        };
         let url = reqwest::Url::parse(&target)
             .map_err(|e| Error::Config(format!("token URL {target:?} is invalid: {e}")))?;
         // Before anything is signed for a request that cannot go: a KMS is not asked.
         endpoint.http.check(&url, self.carrying)?;
+        self = self.choose_client_auth(metadata.as_deref())?;
         let form = SecretString::from(std::mem::take(&mut self.form));
         let dpop = endpoint.dpop.as_deref();
         let basic = match &self.basic {

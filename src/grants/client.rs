@@ -6,7 +6,7 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
-use crate::exchange::TokenRequest;
+use crate::exchange::{OpenCredential, TokenRequest};
 use crate::signing::{Signer, SigningKey};
 use crate::store::KeyBuilder;
 
@@ -101,6 +101,26 @@ impl Signer for EmptySecret {
 /// (`private_key_jwt`, `client_secret_jwt`), or nothing for a public client (a CLI, a
 /// native app), which only names itself with `client_id`.
 ///
+/// # Choosing the method from discovery
+///
+/// A client built with [`new`](Self::new) (a secret) or [`with_key`](Self::with_key) (a
+/// key) leaves its method open. At a [discovered](crate::TokenEndpoint::discover) endpoint,
+/// the server's metadata picks it at the first token request (RFC 8414
+/// `token_endpoint_auth_methods_supported`, and
+/// `token_endpoint_auth_signing_alg_values_supported` for a key):
+///
+/// - a secret: `client_secret_basic` if the server lists it, else `client_secret_post`;
+/// - an asymmetric key: `private_key_jwt`, if the server lists it and, when it lists
+///   algorithms, the key's; an HMAC key ([`SigningKey::from_secret`]): `client_secret_jwt`
+///   likewise.
+///
+/// When none fits, the request fails before anything is sent with
+/// [`Error::ClientAuthUnsupported`](crate::Error::ClientAuthUnsupported), naming what the
+/// server lists. At an endpoint given as a URL there is no metadata: a secret goes with HTTP
+/// Basic, a key signs an assertion. [`client_auth`](Self::client_auth) and
+/// [`with_client_auth`](Self::with_client_auth) choose the method yourself; it is then used
+/// as given.
+///
 /// Used by [`RefreshToken`](crate::RefreshToken) and
 /// [`TokenExchange`](crate::TokenExchange). The secret is redacted in `Debug` and scrubbed
 /// from the server's answers.
@@ -118,17 +138,66 @@ pub struct OAuthClient {
     id: String,
     secret: Option<SecretString>,
     auth: ClientAuth,
+    /// The method is left to the server's metadata: `auth` is the credential's default.
+    open: bool,
 }
 
 impl OAuthClient {
-    /// A confidential client with `secret`, sent with HTTP Basic ([`ClientAuth::Basic`]; see
-    /// [`client_auth`](Self::client_auth)). An empty id or secret fails the first token
-    /// request before anything is sent ([`Error::EmptyCredential`](crate::Error::EmptyCredential)).
+    /// A confidential client with `secret`. The method is left open: at a
+    /// [discovered](crate::TokenEndpoint::discover) endpoint, `client_secret_basic` unless
+    /// the server lists only `client_secret_post` (see [above](Self#choosing-the-method-from-discovery));
+    /// at a token URL, HTTP Basic ([`ClientAuth::Basic`]). [`client_auth`](Self::client_auth)
+    /// fixes it. An empty id or secret fails the first token request before anything is
+    /// sent ([`Error::EmptyCredential`](crate::Error::EmptyCredential)).
     pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Self {
         Self {
             id: id.into(),
             secret: Some(SecretString::from(secret.into())),
             auth: ClientAuth::Basic,
+            open: true,
+        }
+    }
+
+    /// A client that authenticates with `key`, signing client assertions (RFC 7523 §2.2):
+    /// `private_key_jwt` for an asymmetric key (a [`SigningKey`] or a KMS [`Signer`]),
+    /// `client_secret_jwt` for an HMAC key ([`SigningKey::from_secret`]). The method is
+    /// left open: at a [discovered](crate::TokenEndpoint::discover) endpoint the server's
+    /// metadata must list it, and the key's algorithm if it lists algorithms, else the first
+    /// token request fails before anything is sent with
+    /// [`Error::ClientAuthUnsupported`](crate::Error::ClientAuthUnsupported) (see
+    /// [above](Self#choosing-the-method-from-discovery)); at a token URL the assertion is
+    /// sent as is. No secret is sent either way.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh_emulator::Emulator;
+    /// use token_refresh::{ClientCredentials, SigningKey, TokenEndpoint, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let key = SigningKey::from_pem(
+    ///     "-----BEGIN PRIVATE KEY-----
+    /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
+    /// -----END PRIVATE KEY-----",
+    /// )?
+    /// .with_key_id("client-key-1")?;
+    /// emulator.register_key(emulator.client_id(), &key.public_jwk().unwrap())?;
+    ///
+    /// // The emulator's metadata lists private_key_jwt and EdDSA: that is what is sent.
+    /// let endpoint = TokenEndpoint::discover(emulator.issuer());
+    /// let source = ClientCredentials::with_key(endpoint, emulator.client_id(), key);
+    /// assert!(!TokenProvider::new(source).token().await?.expose_secret().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_key(id: impl Into<String>, key: impl Signer) -> Self {
+        let auth = if key.algorithm() == crate::SigningAlgorithm::HS256 {
+            ClientAuth::ClientSecretJwt(Arc::new(key))
+        } else {
+            ClientAuth::PrivateKeyJwt(Arc::new(key))
+        };
+        Self {
+            open: true,
+            ..Self::with_client_auth(id, auth)
         }
     }
 
@@ -138,6 +207,7 @@ impl OAuthClient {
             id: id.into(),
             secret: None,
             auth: ClientAuth::Post,
+            open: false,
         }
     }
 
@@ -149,13 +219,17 @@ impl OAuthClient {
             id: id.into(),
             secret: Some(SecretString::from(String::new())),
             auth,
+            open: false,
         }
     }
 
-    /// How the client authenticates. Default: [`ClientAuth::Basic`] for
-    /// [`new`](Self::new), the `client_id` parameter alone for [`public`](Self::public).
+    /// How the client authenticates, used as given whatever the server's metadata lists.
+    /// Default: for [`new`](Self::new), chosen from a discovered endpoint's metadata, else
+    /// [`ClientAuth::Basic`]; for [`with_key`](Self::with_key), likewise, else the key's
+    /// assertion; the `client_id` parameter alone for [`public`](Self::public).
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
+        self.open = false;
         self
     }
 
@@ -189,6 +263,14 @@ impl OAuthClient {
         let secret = self.secret.as_ref().map(ExposeSecret::expose_secret);
         match (&self.auth, secret) {
             (_, None) => request.param("client_id", &self.id),
+            (ClientAuth::Basic | ClientAuth::Post, Some(secret)) if self.open => {
+                request.open_client_auth(&self.id, OpenCredential::Secret(secret))
+            }
+            (ClientAuth::PrivateKeyJwt(signer) | ClientAuth::ClientSecretJwt(signer), _)
+                if self.open =>
+            {
+                request.open_client_auth(&self.id, OpenCredential::Key(&**signer))
+            }
             (ClientAuth::Basic, Some(secret)) => request.basic_auth(&self.id, secret),
             (ClientAuth::Post, Some(secret)) => request
                 .param("client_id", &self.id)
@@ -219,6 +301,7 @@ impl fmt::Debug for OAuthClient {
             .field("id", &self.id)
             .field("secret", &self.secret.as_ref().map(|_| "[REDACTED]"))
             .field("auth", &self.auth)
+            .field("auth_from_metadata", &self.open)
             .finish()
     }
 }

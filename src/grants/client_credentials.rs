@@ -18,8 +18,13 @@ const ALLOW_WITH: &str = "`ClientCredentials::allow_http(true)`";
 /// exchanged for an access token at a [`TokenEndpoint`].
 ///
 /// The form is `grant_type=client_credentials`, plus `scope` (space-joined, each scope once),
-/// `audience` and any other parameter set here. The client authenticates with HTTP Basic
-/// (the default) or with `client_id` and `client_secret` in the form; see [`ClientAuth`].
+/// `audience` and any other parameter set here. The client authenticates with its secret —
+/// HTTP Basic, or `client_id` and `client_secret` in the form — or with a key
+/// ([`with_key`](Self::with_key)); see [`ClientAuth`]. Unless
+/// [`client_auth`](Self::client_auth) fixes the method, a
+/// [discovered](TokenEndpoint::discover) endpoint's metadata picks it (`client_secret_basic`
+/// unless the server lists only `client_secret_post`; `private_key_jwt` for a key; see
+/// [`OAuthClient`]); at a token URL a secret goes with HTTP Basic.
 /// The secret is a [`secrecy`] secret: redacted in `Debug` and scrubbed from anything the
 /// server sends back. An empty client id or secret fails before anything is sent
 /// ([`Error::EmptyCredential`](crate::Error::EmptyCredential)). `invalid_client` and `invalid_scope` are permanent errors
@@ -47,7 +52,7 @@ const ALLOW_WITH: &str = "`ClientCredentials::allow_http(true)`";
 /// )
 /// .scope("read:devices write:devices")
 /// .audience("https://api.example.com")
-/// .client_auth(ClientAuth::Basic); // the default; `ClientAuth::Post` sends them in the form
+/// .client_auth(ClientAuth::Basic); // the default at a token URL; `ClientAuth::Post`: in the form
 /// let provider = TokenProvider::new(source); // nothing is fetched until the first token()
 ///
 /// let token = provider.token().await?;
@@ -69,8 +74,9 @@ impl ClientCredentials {
     /// The `grant_type` of RFC 6749 §4.4.2.
     pub const GRANT_TYPE: &'static str = "client_credentials";
 
-    /// The client `client_id` with `client_secret`, at the token endpoint `token_url`. Does
-    /// no I/O. An empty (or whitespace-only) client id or an empty secret is reported at the
+    /// The client `client_id` with `client_secret`, at the token endpoint `token_url` (a URL,
+    /// or a [`TokenEndpoint`], e.g. [`TokenEndpoint::discover`], whose metadata then picks
+    /// between HTTP Basic and form parameters). Does no I/O. An empty (or whitespace-only) client id or an empty secret is reported at the
     /// first token request, before anything is sent ([`Error::EmptyCredential`](crate::Error::EmptyCredential) naming
     /// `client_id` or `client_secret`).
     pub fn new(
@@ -109,6 +115,50 @@ impl ClientCredentials {
         Self::new(token_url, client_id, String::new()).client_auth(auth)
     }
 
+    /// The client `client_id` at `token_url`, authenticating with `key` by a signed client
+    /// assertion, the method left to a [discovered](TokenEndpoint::discover) endpoint's
+    /// metadata: `private_key_jwt` (`client_secret_jwt` for an HMAC key) if the server lists
+    /// it and the key's algorithm, else the first token request fails before anything is
+    /// sent with [`Error::ClientAuthUnsupported`](crate::Error::ClientAuthUnsupported)
+    /// naming what the server lists. See [`OAuthClient::with_key`]. Does no I/O.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use token_refresh_emulator::Emulator;
+    /// use token_refresh::{ClientCredentials, SigningKey, TokenEndpoint, TokenProvider};
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let key = SigningKey::from_pem(
+    ///     "-----BEGIN PRIVATE KEY-----
+    /// MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC
+    /// -----END PRIVATE KEY-----",
+    /// )?
+    /// .with_key_id("client-key-1")?;
+    /// emulator.register_key(emulator.client_id(), &key.public_jwk().unwrap())?;
+    ///
+    /// let source = ClientCredentials::with_key(
+    ///     TokenEndpoint::discover(emulator.issuer()),
+    ///     emulator.client_id(),
+    ///     key,
+    /// )
+    /// .resource("https://api.example.com/");
+    /// assert!(!TokenProvider::new(source).token().await?.expose_secret().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_key(
+        token_url: impl Into<TokenEndpoint>,
+        client_id: impl Into<String>,
+        key: impl crate::signing::Signer,
+    ) -> Self {
+        Self {
+            endpoint: token_url.into(),
+            client: OAuthClient::with_key(client_id, key),
+            scopes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
     /// Sets the `aud` of client assertions, for servers that want their issuer identifier
     /// there. Default: the token URL.
     pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
@@ -116,7 +166,10 @@ impl ClientCredentials {
         self
     }
 
-    /// How the client authenticates. Default: [`ClientAuth::Basic`].
+    /// How the client authenticates, used as given whatever a discovered endpoint's metadata
+    /// lists. Default: chosen from a [discovered](TokenEndpoint::discover) endpoint's
+    /// metadata (see [`OAuthClient`]); at a token URL, [`ClientAuth::Basic`] for
+    /// [`new`](Self::new) and the key's assertion for [`with_key`](Self::with_key).
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.client = self.client.client_auth(auth);
         self

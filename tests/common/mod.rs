@@ -3,6 +3,7 @@
 
 #[cfg(all(feature = "reqwest", feature = "tower"))]
 pub mod cloud;
+pub mod oidc_provider;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 
