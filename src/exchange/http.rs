@@ -37,6 +37,21 @@ pub(crate) struct Fetched {
     pub(crate) sent_at: Instant,
 }
 
+impl Fetched {
+    /// The body to judge the answer by. An error status with a huge body (a proxy's HTML
+    /// page) is still that status: it is judged without the body, so a 503 stays transient
+    /// and keeps its `Retry-After`; a success that large is [`Error::ResponseTooLarge`].
+    pub(crate) fn take_body(&mut self) -> Result<Vec<u8>> {
+        match self.body.take() {
+            Some(body) => Ok(body),
+            None if !(200..300).contains(&self.status) => Ok(Vec::new()),
+            None => Err(Error::ResponseTooLarge {
+                limit: MAX_RESPONSE_BYTES,
+            }),
+        }
+    }
+}
+
 /// What a request carries and how to allow it over plain http, for
 /// [`Error::InsecureTransport`](crate::Error::InsecureTransport).
 #[derive(Clone, Copy)]

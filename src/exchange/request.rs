@@ -13,7 +13,6 @@ use secrecy::{ExposeSecret, SecretString};
 use super::endpoint::TokenEndpoint;
 use super::http::{Carrying, retry_after};
 use super::response::{Accept, TokenResponse, parse_full};
-use crate::defaults::MAX_RESPONSE_BYTES;
 use crate::error::{Error, Result, Scrubber};
 use crate::metadata::{AuthMethod, Offer};
 use crate::signing::{self, Jws, Signer};
@@ -259,7 +258,7 @@ impl<'a> TokenRequest<'a> {
                 }
                 None => None,
             };
-            let fetched = endpoint
+            let mut fetched = endpoint
                 .http
                 .fetch(&url, self.carrying, |client| {
                     // A body that cannot be cloned: no client resends it to a 307/308's
@@ -283,18 +282,7 @@ impl<'a> TokenRequest<'a> {
                 .await?;
             let status = fetched.status;
             let new_nonce = dpop.and_then(|dpop| dpop.update_nonce(&fetched.headers));
-            let body = match fetched.body {
-                Some(body) => body,
-                // An error status with a huge body (a proxy's HTML page) is still that
-                // status: judge it without the body, so a 503 stays transient and keeps its
-                // Retry-After.
-                None if !(200..300).contains(&status) => Vec::new(),
-                None => {
-                    return Err(Error::ResponseTooLarge {
-                        limit: MAX_RESPONSE_BYTES,
-                    });
-                }
-            };
+            let body = fetched.take_body()?;
             let result = parse_full(
                 status,
                 retry_after(&fetched.headers),

@@ -11,7 +11,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::defaults::MAX_RESPONSE_BYTES;
 use crate::error::{Error, Result, Scrubber};
 use crate::exchange::TokenEndpoint;
 use crate::exchange::http::{Carrying, Http, retry_after};
@@ -306,7 +305,7 @@ impl<'a> Call<'a> {
         };
         let (method, headers, body) = (self.method, self.headers, self.body);
         let sent_wall = std::time::SystemTime::now();
-        let fetched = http
+        let mut fetched = http
             .fetch(&self.url, carrying, |client| {
                 let mut request = client
                     .request(method, self.url.clone())
@@ -343,15 +342,7 @@ impl<'a> Call<'a> {
                 other => other,
             })?;
         let status = fetched.status;
-        let body = match fetched.body {
-            Some(body) => body,
-            None if !(200..300).contains(&status) => Vec::new(),
-            None => {
-                return Err(Error::ResponseTooLarge {
-                    limit: MAX_RESPONSE_BYTES,
-                });
-            }
-        };
+        let body = fetched.take_body()?;
         Ok(Answer {
             status,
             retry_after: retry_after(&fetched.headers),
