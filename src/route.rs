@@ -117,7 +117,8 @@ impl Target for http::Uri {
         self.scheme_str()
     }
     fn host_port(&self) -> Option<(&str, Option<u16>)> {
-        self.authority().map(|authority| split_authority(authority.as_str()))
+        self.authority()
+            .map(|authority| split_authority(authority.as_str()))
     }
     fn path(&self) -> &str {
         http::Uri::path(self)
@@ -130,15 +131,23 @@ impl Target for http::Uri {
 /// `http` already.
 fn split_authority(authority: &str) -> (&str, Option<u16>) {
     let bytes = authority.as_bytes();
-    let start = bytes.iter().rposition(|&b| b == b'@').map_or(0, |at| at + 1);
+    let start = bytes
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(0, |at| at + 1);
     let rest = &authority[start..];
     let host_end = if rest.starts_with('[') {
-        rest.bytes().position(|b| b == b']').map_or(rest.len(), |end| end + 1)
+        rest.bytes()
+            .position(|b| b == b']')
+            .map_or(rest.len(), |end| end + 1)
     } else {
         rest.bytes().position(|b| b == b':').unwrap_or(rest.len())
     };
     let (host, port) = rest.split_at(host_end);
-    (host, port.strip_prefix(':').and_then(|port| port.parse().ok()))
+    (
+        host,
+        port.strip_prefix(':').and_then(|port| port.parse().ok()),
+    )
 }
 
 #[cfg(feature = "reqwest")]
@@ -226,5 +235,43 @@ impl fmt::Debug for Route {
             .field("path", &self.path)
             .field("params", &self.params)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_splits_as_http_splits_it() {
+        for authority in [
+            "api.example.com",
+            "api.example.com:8443",
+            "user:pw@api.example.com:8443",
+            "[::1]",
+            "[::1]:8080",
+            "user@[fe80::1]:443",
+            "127.0.0.1:80",
+        ] {
+            let parsed: http::uri::Authority = authority.parse().unwrap();
+            assert_eq!(
+                split_authority(authority),
+                (parsed.host(), parsed.port_u16()),
+                "{authority}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_origin_matches_whatever_the_case_and_the_default_port() {
+        let origin = Origin::parse("https://API.example.com").unwrap();
+        assert!(origin.matches("https", "api.example.com", None));
+        assert!(origin.matches("HTTPS", "Api.Example.Com", Some(443)));
+        assert!(!origin.matches("https", "api.example.com", Some(8443)));
+        assert!(!origin.matches("http", "api.example.com", None));
+        assert!(!origin.matches("https", "api.example.org", None));
+        let v6 = Origin::parse("http://[::1]:8080").unwrap();
+        assert!(v6.matches("http", "[::1]", Some(8080)));
+        assert!(!v6.matches("http", "[::1]", None));
     }
 }
