@@ -302,19 +302,18 @@ fn a_lease_holder_sigkilled_with_default_timeouts_delays_the_fleet_by_at_most_tw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_timeout_on_another_process_lease_says_so() {
     let redis = RedisServer::start();
-    let endpoint = serve(move |_| {
-        std::thread::sleep(Duration::from_millis(1_500));
-        json_response(200, &token_json("slow", 3600), &[])
-    })
-    .await;
-    let source = || JwtBearer::new(account()).token_url(endpoint.url("/oauth2/token"));
+    let emulator = Emulator::start().await.unwrap();
+    // The token request is answered 1.5 s late (an async delay: a sleeping handler would
+    // hold a worker thread, and the waiter's task with it).
+    emulator.inject_fault(Fault::Delay(Duration::from_millis(1_500)), 1);
+    let source = || JwtBearer::new(emulator.account()).token_url(emulator.token_url());
     let holder = TokenProvider::builder(source())
         .store(store(&redis, "lease-wait:"))
         .try_build()
         .unwrap();
     let holding = tokio::spawn(async move { holder.token().await });
     // Once the holder is asking the slow endpoint, it holds the lease.
-    eventually(|| endpoint.requests() == 1).await;
+    eventually(|| emulator.stats().token_requests == 1).await;
     let waiter = TokenProvider::builder(source())
         .store(store(&redis, "lease-wait:"))
         .try_build()

@@ -15,35 +15,66 @@ const INSTALL: &str = "install Redis with `apt-get install -y redis-server` (Deb
     it brings redis-cli), `brew install redis` (macOS) or your system's package; the \
     README's test command, `scripts/test`, installs it where apt is available";
 
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// How many times a server (or a cluster) is started on fresh ports when a node exits at
+/// start: another program on this machine may have bound a port between the choice and
+/// redis-server's own bind.
+const START_ATTEMPTS: usize = 4;
 
-/// `count` distinct free loopback ports.
+/// Ports already handed out in this test process. The kernel may hand a port it just
+/// released to the next `bind(0)`, so tests starting servers at the same moment would
+/// otherwise race for one port.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// `count` distinct loopback ports nothing listens on now, never handed out before in this
+/// process.
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !handed_out.contains(&port) && !ports.contains(&port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    handed_out.extend(&ports);
+    ports
 }
 
-/// Waits until something accepts connections on `port`.
-fn wait_for_port(port: u16) {
+/// Why a started redis-server is not accepting connections.
+enum NotStarted {
+    /// It exited: most often its port was taken meanwhile. Holds its log.
+    Exited(String),
+    /// It runs but did not listen within the bound.
+    Silent,
+}
+
+/// Waits until `child` accepts connections on `port`, or says why it does not.
+fn wait_for_port(child: &mut Child, port: u16, log: &std::path::Path) -> Result<(), NotStarted> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not start on {port}"
-        );
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(NotStarted::Exited(
+                std::fs::read_to_string(log).unwrap_or_default(),
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(NotStarted::Silent);
+        }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Panics with what went wrong, after the last attempt.
+fn give_up(port: u16, why: NotStarted) -> ! {
+    match why {
+        NotStarted::Exited(log) => {
+            panic!("redis-server on {port} exited at start {START_ATTEMPTS} times; its log:\n{log}")
+        }
+        NotStarted::Silent => panic!("redis-server did not listen on {port} within 10 s"),
     }
 }
 
@@ -57,27 +88,48 @@ fn spawn(program: &str, args: &[String]) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {program} ({e}): {INSTALL}"))
 }
 
+/// A fresh directory for a server's files and log.
+fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "token-refresh-{what}-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub struct RedisServer {
     pub url: String,
     port: u16,
     child: Option<Child>,
+    dir: PathBuf,
 }
 
 impl RedisServer {
     /// Starts one. Fails, saying how to install it, when there is no `redis-server`: a
     /// Redis test is never skipped.
     pub fn start() -> Self {
-        let port = free_port();
-        let mut server = Self {
-            url: format!("redis://127.0.0.1:{port}/"),
-            port,
-            child: None,
-        };
-        server.run();
-        server
+        let dir = scratch_dir("redis");
+        let mut attempt = 1;
+        loop {
+            let port = free_ports(1)[0];
+            let mut server = Self {
+                url: format!("redis://127.0.0.1:{port}/"),
+                port,
+                child: None,
+                dir: dir.clone(),
+            };
+            match server.run() {
+                Ok(()) => return server,
+                Err(NotStarted::Exited(_)) if attempt < START_ATTEMPTS => attempt += 1,
+                Err(why) => give_up(port, why),
+            }
+        }
     }
 
-    fn run(&mut self) {
+    fn run(&mut self) -> Result<(), NotStarted> {
+        let log = self.dir.join(format!("redis-{}.log", self.port));
         let args: Vec<String> = [
             "--port",
             &self.port.to_string(),
@@ -89,12 +141,23 @@ impl RedisServer {
             "no",
             "--daemonize",
             "no",
+            "--dir",
+            &self.dir.display().to_string(),
+            "--logfile",
+            &log.display().to_string(),
         ]
         .iter()
         .map(|a| a.to_string())
         .collect();
-        self.child = Some(spawn("redis-server", &args));
-        wait_for_port(self.port);
+        let mut child = spawn("redis-server", &args);
+        let started = wait_for_port(&mut child, self.port, &log);
+        if started.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            self.child = Some(child);
+        }
+        started
     }
 
     /// Stops the server (SIGKILL: no goodbye to the clients).
@@ -109,7 +172,9 @@ impl RedisServer {
 
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
-        self.run();
+        if let Err(why) = self.run() {
+            give_up(self.port, why);
+        }
     }
 
     /// A plain connection for the test's own commands.
@@ -127,6 +192,7 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -143,54 +209,26 @@ impl RedisCluster {
     /// Starts six nodes and joins them (3 masters, 3 replicas); returns once every slot is
     /// served and every replica is attached.
     pub fn start() -> Self {
-        let ports = free_ports(12);
-        let (ports, bus) = ports.split_at(6);
-        let dir = std::env::temp_dir().join(format!(
-            "token-refresh-cluster-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cluster = Self {
-            urls: ports
-                .iter()
-                .map(|p| format!("redis://127.0.0.1:{p}/"))
-                .collect(),
-            ports: ports.to_vec(),
-            children: Vec::new(),
-            dir,
+        let mut attempt = 1;
+        let cluster = loop {
+            let ports = free_ports(12);
+            let (ports, bus) = ports.split_at(6);
+            let mut cluster = Self {
+                urls: ports
+                    .iter()
+                    .map(|p| format!("redis://127.0.0.1:{p}/"))
+                    .collect(),
+                ports: ports.to_vec(),
+                children: Vec::new(),
+                dir: scratch_dir("cluster"),
+            };
+            match cluster.start_nodes(bus) {
+                Ok(()) => break cluster,
+                Err((_, NotStarted::Exited(_))) if attempt < START_ATTEMPTS => attempt += 1,
+                Err((port, why)) => give_up(port, why),
+            }
         };
-        for (port, bus) in ports.iter().zip(bus) {
-            let args: Vec<String> = [
-                "--port".to_owned(),
-                port.to_string(),
-                "--cluster-port".to_owned(),
-                bus.to_string(),
-                "--bind".to_owned(),
-                "127.0.0.1".to_owned(),
-                "--cluster-enabled".to_owned(),
-                "yes".to_owned(),
-                "--cluster-config-file".to_owned(),
-                cluster
-                    .dir
-                    .join(format!("nodes-{port}.conf"))
-                    .display()
-                    .to_string(),
-                "--cluster-node-timeout".to_owned(),
-                "2000".to_owned(),
-                "--dir".to_owned(),
-                cluster.dir.display().to_string(),
-                "--save".to_owned(),
-                String::new(),
-                "--appendonly".to_owned(),
-                "no".to_owned(),
-            ]
-            .to_vec();
-            cluster.children.push(spawn("redis-server", &args));
-        }
-        for port in ports {
-            wait_for_port(*port);
-        }
+        let ports = cluster.ports.clone();
         let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
         create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
         create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
@@ -206,6 +244,46 @@ impl RedisCluster {
         );
         cluster.wait_until_ready();
         cluster
+    }
+
+    /// Starts a node on each port, with its cluster bus on the matching `bus` port; says
+    /// which node did not start, and why.
+    fn start_nodes(&mut self, bus: &[u16]) -> Result<(), (u16, NotStarted)> {
+        for (port, bus) in self.ports.iter().zip(bus) {
+            let log = self.dir.join(format!("redis-{port}.log"));
+            let args: Vec<String> = [
+                "--port".to_owned(),
+                port.to_string(),
+                "--cluster-port".to_owned(),
+                bus.to_string(),
+                "--bind".to_owned(),
+                "127.0.0.1".to_owned(),
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-config-file".to_owned(),
+                self.dir
+                    .join(format!("nodes-{port}.conf"))
+                    .display()
+                    .to_string(),
+                "--cluster-node-timeout".to_owned(),
+                "2000".to_owned(),
+                "--dir".to_owned(),
+                self.dir.display().to_string(),
+                "--logfile".to_owned(),
+                log.display().to_string(),
+                "--save".to_owned(),
+                String::new(),
+                "--appendonly".to_owned(),
+                "no".to_owned(),
+            ]
+            .to_vec();
+            self.children.push(spawn("redis-server", &args));
+        }
+        for (child, port) in self.children.iter_mut().zip(&self.ports) {
+            let log = self.dir.join(format!("redis-{port}.log"));
+            wait_for_port(child, *port, &log).map_err(|why| (*port, why))?;
+        }
+        Ok(())
     }
 
     /// Until every node says the cluster is ok with all slots, and there are three
