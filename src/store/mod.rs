@@ -22,7 +22,8 @@
 //!   process's clock are never handed out.
 //!
 //! [`FileStore`] (a directory, for processes on one host) is always available, `RedisStore`
-//! (a fleet on many hosts, on one Redis server or a Redis Cluster) with the feature `redis`.
+//! (a fleet on many hosts, on one Redis server, a Redis Cluster or the master Redis Sentinel
+//! names) with the feature `redis`.
 //! To put the store on something else, implement [`TokenStore`].
 //!
 //! # The encryption key
@@ -59,6 +60,7 @@
 //! | the lease holder is alive but stuck | waiters fetch for themselves after the lease TTL plus the fetch timeout, or half their `max_wait`, whichever is first; a caller whose wait ends first gets `Error::WaitTimeout` saying it waited on another process's lease |
 //! | a notification is lost | waiters poll (25 ms doubling to 250 ms) |
 //! | a Redis Cluster failover or slot move | the client follows it; a call that still fails falls back as above |
+//! | a Redis Sentinel failover | the first call on a connection to the old master finds it closed (or refusing writes), asks the sentinels for the new one and is sent once more |
 //! | the process uses another Tokio runtime, the first one shut down | each runtime has its own connection |
 //! | garbage, a tampered entry, an entry of another key, prefix or format | not opened, ignored, replaced at the next refresh |
 //! | a store refused at `build()` (no key, no plaintext) | every call fails with the configuration error; `Health::last_error` and `store_error` say so |

@@ -1,4 +1,5 @@
-//! [`RedisStore`]: a fleet's tokens in Redis (or Valkey), on one server or a Redis Cluster.
+//! [`RedisStore`]: a fleet's tokens in Redis (or Valkey), on one server, a Redis Cluster or
+//! the master that Redis Sentinel names.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -8,10 +9,11 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
-    Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError, RedisFuture, ScriptInvocation,
-    Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
+    IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisConnectionInfo,
+    RedisError, RedisFuture, ScriptInvocation, ServerErrorKind, Value,
 };
 use tokio::sync::Notify;
 
@@ -77,10 +79,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CLUSTER_RETRIES: u32 = 3;
 const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 200;
 
+/// Longest the search for the master through Redis Sentinel may take: asking the sentinels
+/// (each connection bounded by redis-rs's own timeout) and connecting to the master they
+/// name. Every store call has the provider's store timeout around it as well.
+const SENTINEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Tokens shared by every replica, CronJob and CLI of a fleet through Redis (feature
-/// `redis`; Valkey speaks the same protocol), on one server ([`new`](Self::new)) or a Redis
+/// `redis`; Valkey speaks the same protocol), on one server ([`new`](Self::new)), a Redis
 /// Cluster ([`cluster`](Self::cluster): ElastiCache, MemoryDB, Redis Enterprise in cluster
-/// mode).
+/// mode) or the master that Redis Sentinel names ([`sentinel`](Self::sentinel)).
 ///
 /// # Keys
 ///
@@ -114,7 +121,9 @@ const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 200;
 /// Every call has the provider's store timeout. The store keeps one connection per Tokio
 /// runtime (a provider may be used from several, and a runtime that shuts down takes its
 /// connections with it), opened at the first call on it; a call that finds its connection
-/// broken (Redis restarted, a failover) reconnects and is sent once more. While Redis
+/// broken (Redis restarted, a failover, a master demoted to a replica that refuses writes)
+/// reconnects and is sent once more; through Sentinel, the reconnection asks the sentinels
+/// for the master again. While Redis
 /// fails, every process falls back to its own token requests, and the provider asks Redis
 /// once a second whether it answers again ([`Health::store_ok`](crate::Health::store_ok)).
 ///
@@ -155,6 +164,13 @@ pub struct RedisStore {
 enum Target {
     Single(Client),
     Cluster(Vec<ConnectionInfo>),
+    Sentinel {
+        sentinels: Vec<ConnectionInfo>,
+        /// The name the sentinels monitor the master under.
+        service: String,
+        /// The master's database, user and password.
+        master: RedisConnectionInfo,
+    },
 }
 
 impl RedisStore {
@@ -194,6 +210,66 @@ impl RedisStore {
             ));
         }
         Ok(Self::with_target(Target::Cluster(nodes)))
+    }
+
+    /// A store on the master that Redis Sentinel monitors: `sentinels` are the sentinels'
+    /// URLs (`redis://host:26379`, any few of them), and `master` names the master the way a
+    /// URL names a server, with the name the sentinels monitor it under as the host:
+    /// `redis://mymaster`, or `redis://:password@mymaster/2` for its password and database.
+    /// Each connection asks the sentinels where the master is; after a failover, the first
+    /// call that finds its connection broken (or the old master refusing writes) asks them
+    /// again. Does no I/O; fails with [`Error::Config`](crate::Error::Config) for a URL that
+    /// does not parse or no sentinel at all.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), token_refresh::Error> {
+    /// use token_refresh::store::RedisStore;
+    ///
+    /// let store = RedisStore::sentinel(
+    ///     ["redis://sentinel-0:26379", "redis://sentinel-1:26379"],
+    ///     "redis://mymaster",
+    /// )?
+    /// .encryption_key_from_env("TOKEN_REFRESH_STORE_KEY")?;
+    /// # drop(store); Ok(()) }
+    /// ```
+    pub fn sentinel<N: AsRef<str>>(
+        sentinels: impl IntoIterator<Item = N>,
+        master: &str,
+    ) -> crate::Result<Self> {
+        let sentinels = sentinels
+            .into_iter()
+            .map(|node| {
+                node.as_ref().into_connection_info().map_err(|e| {
+                    crate::Error::Config(format!(
+                        "a Redis Sentinel URL does not parse ({}): use redis://host:26379",
+                        e.kind_name_or_detail()
+                    ))
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        if sentinels.is_empty() {
+            return Err(crate::Error::Config(
+                "RedisStore::sentinel needs at least one sentinel URL (redis://host:26379)".into(),
+            ));
+        }
+        let not_a_master = |detail: String| {
+            crate::Error::Config(format!(
+                "the Sentinel master does not parse ({detail}): use redis://name, where name is \
+                 the name the sentinels monitor it under (redis://:password@name/db for its \
+                 password and database)"
+            ))
+        };
+        let info = master
+            .into_connection_info()
+            .map_err(|e| not_a_master(e.kind_name_or_detail()))?;
+        let ConnectionAddr::Tcp(service, _) = info.addr() else {
+            return Err(not_a_master("not a redis:// URL".into()));
+        };
+        Ok(Self::with_target(Target::Sentinel {
+            sentinels,
+            service: service.clone(),
+            master: info.redis_settings().clone(),
+        }))
     }
 
     fn with_target(target: Target) -> Self {
@@ -369,6 +445,37 @@ impl RedisStore {
                 let conn = builder.build()?.get_async_connection().await?;
                 Ok(Conn::Cluster(conn))
             }
+            Target::Sentinel {
+                sentinels,
+                service,
+                master,
+            } => {
+                let node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(master.clone().set_protocol(protocol));
+                let mut client = SentinelClient::build(
+                    sentinels.clone(),
+                    service.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                let mut config =
+                    AsyncConnectionConfig::new().set_connection_timeout(Some(CONNECT_TIMEOUT));
+                if resp3 {
+                    config = config.set_push_sender(push);
+                }
+                let conn = tokio::time::timeout(
+                    SENTINEL_CONNECT_TIMEOUT,
+                    client.get_async_connection_with_config(&config),
+                )
+                .await
+                .map_err(|_| {
+                    RedisError::from((
+                        ErrorKind::Io,
+                        "no Redis master found through the sentinels in time",
+                    ))
+                })??;
+                Ok(Conn::Single(conn))
+            }
         }
     }
 
@@ -405,13 +512,20 @@ impl RedisStore {
     }
 
     fn passwords(&self) -> Vec<&str> {
-        let infos: Vec<&ConnectionInfo> = match &self.target {
-            Target::Single(client) => vec![client.get_connection_info()],
-            Target::Cluster(nodes) => nodes.iter().collect(),
+        let settings: Vec<&RedisConnectionInfo> = match &self.target {
+            Target::Single(client) => vec![client.get_connection_info().redis_settings()],
+            Target::Cluster(nodes) => nodes.iter().map(ConnectionInfo::redis_settings).collect(),
+            Target::Sentinel {
+                sentinels, master, ..
+            } => sentinels
+                .iter()
+                .map(ConnectionInfo::redis_settings)
+                .chain([master])
+                .collect(),
         };
-        infos
+        settings
             .into_iter()
-            .filter_map(|info| info.redis_settings().password())
+            .filter_map(RedisConnectionInfo::password)
             .filter(|password| !password.is_empty())
             .collect()
     }
@@ -435,9 +549,13 @@ enum Op<'a> {
     Script(ScriptInvocation<'a>),
 }
 
-/// Whether `error` means the connection is gone and a new one may succeed.
+/// Whether `error` means the connection is gone and a new one may succeed: it dropped, or
+/// the server it reaches became a replica (a failover demoted it) and refuses writes.
 fn broken(error: &RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+        || error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
 /// Milliseconds for `PX`, at least one (Redis refuses 0).
@@ -467,6 +585,12 @@ impl fmt::Debug for RedisStore {
             Target::Cluster(nodes) => {
                 let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
                 s.field("cluster", &addrs);
+            }
+            Target::Sentinel {
+                sentinels, service, ..
+            } => {
+                let addrs: Vec<String> = sentinels.iter().map(|n| n.addr().to_string()).collect();
+                s.field("sentinels", &addrs).field("master", service);
             }
         }
         s.field("key_prefix", &self.prefix)
@@ -836,5 +960,47 @@ mod tests {
         assert!(error.to_string().contains("redis://host:port"), "{error}");
         let store = RedisStore::cluster(["redis://:hunter2@127.0.0.1:7000"]).unwrap();
         assert!(!format!("{store:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn sentinels_and_the_master_name_must_parse() {
+        let store =
+            RedisStore::sentinel(["redis://127.0.0.1:26379"], "redis://:hunter2@mymaster/2")
+                .unwrap();
+        let Target::Sentinel {
+            service, master, ..
+        } = &store.target
+        else {
+            panic!("not a Sentinel store");
+        };
+        assert_eq!(service, "mymaster");
+        assert_eq!(master.db(), 2);
+        assert_eq!(store.passwords(), ["hunter2"]);
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("mymaster") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let none = RedisStore::sentinel(Vec::<String>::new(), "redis://mymaster").unwrap_err();
+        assert!(none.to_string().contains("at least one sentinel"), "{none}");
+        let bad = RedisStore::sentinel(["not a url"], "redis://mymaster").unwrap_err();
+        assert!(bad.to_string().contains("redis://host:26379"), "{bad}");
+        let unix = RedisStore::sentinel(["redis://127.0.0.1:26379"], "redis+unix:///tmp/r.sock")
+            .unwrap_err();
+        assert!(unix.to_string().contains("redis://name"), "{unix}");
+    }
+
+    #[test]
+    fn a_demoted_master_refusing_writes_counts_as_a_broken_connection() {
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(broken(&readonly));
+        let wrong_type = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ExecAbort),
+            "not a connection error",
+        ));
+        assert!(!broken(&wrong_type));
     }
 }

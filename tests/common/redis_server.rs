@@ -413,3 +413,187 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A master, its replica and one Redis Sentinel that monitors them as `mymaster` (quorum 1,
+/// so that this one sentinel can fail the master over).
+pub struct RedisSentinel {
+    /// `redis://127.0.0.1:{port}/` of the sentinel.
+    pub sentinel_url: String,
+    /// The ports of the servers: the master first, then the replica (at start).
+    pub ports: [u16; 2],
+    sentinel_port: u16,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+/// The name the sentinel monitors the master under.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl RedisSentinel {
+    /// Starts the master, the replica (attached) and the sentinel; returns once the
+    /// sentinel knows the replica.
+    pub fn start() -> Self {
+        let mut attempt = 1;
+        let sentinel = loop {
+            let ports = free_ports(3);
+            let mut sentinel = Self {
+                sentinel_url: format!("redis://127.0.0.1:{}/", ports[2]),
+                ports: [ports[0], ports[1]],
+                sentinel_port: ports[2],
+                children: Vec::new(),
+                dir: scratch_dir("sentinel"),
+            };
+            match sentinel.start_processes() {
+                Ok(()) => break sentinel,
+                Err((_, NotStarted::Exited(_))) if attempt < START_ATTEMPTS => attempt += 1,
+                Err((port, why)) => give_up(port, why),
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sentinel.replica_known() {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not find the replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sentinel
+    }
+
+    fn start_processes(&mut self) -> Result<(), (u16, NotStarted)> {
+        let [master, replica] = self.ports;
+        for port in [master, replica] {
+            let log = self.dir.join(format!("redis-{port}.log"));
+            let mut args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &self.dir.display().to_string(),
+                "--dbfilename",
+                &format!("dump-{port}.rdb"),
+                "--logfile",
+                &log.display().to_string(),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            if port == replica {
+                args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+            }
+            let mut child = spawn("redis-server", &args);
+            let started = wait_for_port(&mut child, port, &log);
+            self.children.push(child);
+            started.map_err(|why| (port, why))?;
+        }
+        let config = self.dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
+                port = self.sentinel_port,
+                dir = self.dir.display(),
+            ),
+        )
+        .unwrap();
+        let log = self.dir.join("sentinel.log");
+        let args = [
+            config.display().to_string(),
+            "--sentinel".into(),
+            "--logfile".into(),
+            log.display().to_string(),
+        ];
+        let mut child = spawn("redis-server", &args);
+        let started = wait_for_port(&mut child, self.sentinel_port, &log);
+        self.children.push(child);
+        started.map_err(|why| (self.sentinel_port, why))
+    }
+
+    fn sentinel_query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(self.sentinel_url.as_str()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        cmd.query(&mut conn).ok()
+    }
+
+    /// Whether the sentinel lists the replica, attached and up.
+    fn replica_known(&self) -> bool {
+        let replicas: Option<Vec<std::collections::HashMap<String, String>>> =
+            self.sentinel_query(redis::cmd("SENTINEL").arg("REPLICAS").arg(SENTINEL_MASTER));
+        replicas.is_some_and(|replicas| {
+            replicas.iter().any(|r| {
+                r.get("flags").is_some_and(|f| f == "slave")
+                    && r.get("master-link-status").is_some_and(|s| s == "ok")
+            })
+        })
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> u16 {
+        let addr: Vec<String> = self
+            .sentinel_query(
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(SENTINEL_MASTER),
+            )
+            .expect("SENTINEL GET-MASTER-ADDR-BY-NAME");
+        addr[1].parse().unwrap()
+    }
+
+    /// `SENTINEL FAILOVER`: the replica becomes the master, the master its replica;
+    /// returns once the sentinel names the new master, it says it is one, and the old one
+    /// says it is a replica. Returns
+    /// (old master, new master).
+    pub fn failover(&self) -> (u16, u16) {
+        let old = self.master_port();
+        let new = if old == self.ports[0] {
+            self.ports[1]
+        } else {
+            self.ports[0]
+        };
+        let () = self
+            .sentinel_query(redis::cmd("SENTINEL").arg("FAILOVER").arg(SENTINEL_MASTER))
+            .expect("SENTINEL FAILOVER");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let role: Option<String> = redis::Client::open(format!("redis://127.0.0.1:{new}/"))
+                .ok()
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)).ok())
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok());
+            let demoted: Option<String> = redis::Client::open(format!("redis://127.0.0.1:{old}/"))
+                .ok()
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)).ok())
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok());
+            if self.master_port() == new
+                && role.is_some_and(|r| r.contains("role:master"))
+                && demoted.is_some_and(|r| r.contains("role:slave"))
+            {
+                return (old, new);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel failover did not complete"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
