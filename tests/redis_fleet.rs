@@ -340,3 +340,40 @@ async fn waiting_processes_are_woken_by_the_store_not_by_their_next_poll() {
     }
     println!("{}", report.join("; "));
 }
+
+/// A server without RESP3 (before Redis 6, or `HELLO` renamed away as here): the store
+/// connects over RESP2 without notifications, and waiting processes poll. The fleet still
+/// makes one token request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_resp3_still_shares_one_token_and_waiters_poll() {
+    let redis = RedisServer::start_with(&["--rename-command", "HELLO", ""]);
+    {
+        // The server refuses the RESP3 handshake.
+        let mut conn = redis.connection();
+        let hello: redis::RedisResult<redis::Value> = redis::cmd("HELLO").arg(3).query(&mut conn);
+        assert!(hello.is_err(), "HELLO answered: {hello:?}");
+    }
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let providers: Vec<TokenProvider> = (0..5)
+        .map(|_| {
+            let fetches = fetches.clone();
+            TokenProvider::builder(move || {
+                let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    AccessToken::new(format!("resp2-{n}"), Duration::from_secs(3600))
+                }
+            })
+            .store(sealed_store(&redis, "resp2:"))
+            .store_key("resp2")
+            .try_build()
+            .unwrap()
+        })
+        .collect();
+    let tokens = join_all(providers.iter().map(|provider| provider.token())).await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch fleet-wide");
+    for token in tokens {
+        assert_eq!(token.unwrap().expose_secret(), "resp2-1");
+    }
+    assert!(providers.iter().all(|p| p.health().store_ok == Some(true)));
+}

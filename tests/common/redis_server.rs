@@ -104,12 +104,19 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Further command-line settings of the server.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one. Fails, saying how to install it, when there is no `redis-server`: a
     /// Redis test is never skipped.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with further settings (`["--rename-command", "HELLO", ""]`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = scratch_dir("redis");
         let mut attempt = 1;
         loop {
@@ -119,6 +126,7 @@ impl RedisServer {
                 port,
                 child: None,
                 dir: dir.clone(),
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match server.run() {
                 Ok(()) => return server,
@@ -148,6 +156,7 @@ impl RedisServer {
         ]
         .iter()
         .map(|a| a.to_string())
+        .chain(self.extra.iter().cloned())
         .collect();
         let mut child = spawn("redis-server", &args);
         let started = wait_for_port(&mut child, self.port, &log);
