@@ -34,9 +34,9 @@ pub trait TokenSource: Send + Sync + 'static {
 
     /// Fetches a token for `params` — scopes, an audience, resources that replace the
     /// source's own — for a [keyed provider](crate::KeyedTokenProvider), which calls it once
-    /// per key and refresh. The built-in grants send them in their token request; the
-    /// default fetches the source's own token for empty `params` and refuses any other with
-    /// [`Error::Config`].
+    /// per key and refresh. The built-in grants send them in their token request, and the
+    /// cloud sources map them to what their endpoint takes; the default fetches the source's
+    /// own token for empty `params` and refuses any other with [`Error::Config`].
     async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
         if params.is_empty() {
             return self.fetch_token().await;

@@ -28,6 +28,14 @@ use super::{TokenProvider, TokenProviderBuilder};
 /// or a token. At most [`max_keys`](KeyedTokenProviderBuilder::max_keys) keys are kept; the
 /// least recently used goes first, and costs one token request if it comes back.
 ///
+/// Every built-in source takes parameters: the OAuth2 grants send scopes, an audience and
+/// resources; Azure managed identity asks for one resource per key (a resource, or a
+/// scope's resource), Azure workload identity for the key's scopes (or
+/// `{resource}/.default`); the GCP metadata server for the key's scopes, and its ID tokens
+/// for the key's audience; Application Default Credentials pass them to what they found.
+/// Parameters a source cannot send are an [`Error::Config`](crate::Error::Config) before
+/// anything is sent.
+///
 /// Both integrations take one and pick the key per route:
 /// `AuthMiddleware::new(keyed).route("https://a.example", TokenParams::scope("read"))`.
 ///

@@ -304,7 +304,10 @@ pub(super) async fn entra(shared: &Arc<Shared>, request: Request<Incoming>) -> R
         );
     }
     match form.get("scope") {
-        Some(scope) if scope.ends_with("/.default") => {}
+        Some(scope) if scope.ends_with("/.default") => {
+            let scope = scope.to_owned();
+            shared.cloud(|c| c.entra_scopes.push(scope));
+        }
         _ => {
             return refuse(
                 StatusCode::BAD_REQUEST,

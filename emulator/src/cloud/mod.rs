@@ -85,6 +85,8 @@ pub(super) struct State {
     pub(super) assertions: Vec<String>,
     /// The `resource` of each managed-identity token request, in order.
     pub(super) resources: Vec<String>,
+    /// The `scope` of each token request Entra accepted, in order.
+    pub(super) entra_scopes: Vec<String>,
 }
 
 /// What the cloud services know from the start: their signing key and secrets.
@@ -328,6 +330,12 @@ impl Emulator {
     /// life, keep them out of logs.
     pub fn federated_assertions(&self) -> Vec<String> {
         self.shared.lock().cloud.assertions.clone()
+    }
+
+    /// The `scope` of each token request the Entra token endpoint got with a valid
+    /// (`…/.default`) scope, oldest first.
+    pub fn entra_scopes(&self) -> Vec<String> {
+        self.shared.lock().cloud.entra_scopes.clone()
     }
 
     /// The `resource` of each managed-identity token request (IMDS and App Service),

@@ -7,9 +7,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::imds::{parse_answer, refusal};
-use super::{UserAssignedId, resource_of};
+use super::{UserAssignedId, resource_for, resource_of};
 use crate::error::{Error, Result, Scrubber};
 use crate::exchange::TokenEndpoint;
+use crate::params::TokenParams;
 use crate::source::TokenSource;
 use crate::sources::call::{Call, PlainHttp, parse_url};
 use crate::store::KeyBuilder;
@@ -135,6 +136,23 @@ impl TokenSource for AppService {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
+        self.fetch(&self.resource).await
+    }
+
+    /// A token for the one resource `params` name (a resource, or a scope whose
+    /// `/.default` is dropped); [`Error::Config`] for an audience or several resources.
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        let resource = resource_for(
+            params,
+            &self.resource,
+            "the Azure App Service identity endpoint",
+        )?;
+        self.fetch(&resource).await
+    }
+}
+
+impl AppService {
+    async fn fetch(&self, resource: &str) -> Result<AccessToken> {
         let (url, secret) = self
             .config
             .as_ref()
@@ -146,7 +164,7 @@ impl TokenSource for AppService {
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("api-version", APP_SERVICE_API_VERSION);
-            query.append_pair("resource", &self.resource);
+            query.append_pair("resource", resource);
             if let Some(id) = &self.identity {
                 let (name, value) = id.app_service_param();
                 query.append_pair(name, value);

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{UserAssignedId, resource_of};
+use super::{UserAssignedId, resource_for, resource_of};
 use crate::error::{Error, Result, Scrubber};
 use crate::exchange::TokenEndpoint;
+use crate::params::TokenParams;
 use crate::source::TokenSource;
 use crate::sources::call::{Answer, Call, PlainHttp, lifetime_until, parse_url, seconds};
 use crate::store::KeyBuilder;
@@ -228,12 +229,25 @@ impl TokenSource for Imds {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
+        self.fetch(&self.resource).await
+    }
+
+    /// A token for the one resource `params` name (a resource, or a scope whose
+    /// `/.default` is dropped); [`Error::Config`] for an audience or several resources.
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        let resource = resource_for(params, &self.resource, &self.service())?;
+        self.fetch(&resource).await
+    }
+}
+
+impl Imds {
+    async fn fetch(&self, resource: &str) -> Result<AccessToken> {
         let service = self.service();
         let mut url = parse_url(&self.url, "the IMDS endpoint")?;
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("api-version", &self.api_version);
-            query.append_pair("resource", &self.resource);
+            query.append_pair("resource", resource);
             if let Some(id) = &self.identity {
                 let (name, value) = id.imds_param();
                 query.append_pair(name, value);

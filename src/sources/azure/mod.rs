@@ -86,7 +86,8 @@ pub use workload::{
     ENV_AZURE_FEDERATED_TOKEN_FILE, ENV_AZURE_TENANT_ID, WorkloadIdentity,
 };
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::params::TokenParams;
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -139,6 +140,35 @@ fn resource_of(resource_or_scope: &str) -> String {
         .strip_suffix("/.default")
         .unwrap_or(trimmed)
         .to_owned()
+}
+
+/// The one resource a managed-identity token request asks for under a keyed provider's
+/// `params`: a resource, or a scope (`https://vault.azure.net/.default` asks for
+/// `https://vault.azure.net`); `own` when `params` name none. Managed identity has no
+/// audience parameter, and gives a token for one resource at a time.
+fn resource_for(params: &TokenParams, own: &str, service: &str) -> Result<String> {
+    if params.audience_value().is_some() {
+        return Err(Error::Config(format!(
+            "{service} takes a resource, not an audience: route with TokenParams::resource \
+             (https://vault.azure.net) or a scope (https://vault.azure.net/.default)"
+        )));
+    }
+    let mut asked: Vec<String> = params
+        .resources()
+        .iter()
+        .chain(params.scopes())
+        .map(|r| resource_of(r))
+        .collect();
+    asked.dedup();
+    match asked.len() {
+        0 => Ok(own.to_owned()),
+        1 => Ok(asked.remove(0)),
+        _ => Err(Error::Config(format!(
+            "{service} gives a token for one resource at a time, and these parameters name \
+             {}: {asked:?}; route each API to its own resource",
+            asked.len()
+        ))),
+    }
 }
 
 /// A [`TokenSource`] for an Azure managed identity wherever the code runs: the App
@@ -243,6 +273,14 @@ impl TokenSource for ManagedIdentity {
         match &self.inner {
             Inner::Imds(s) => s.fetch_token().await,
             Inner::AppService(s) => s.fetch_token().await,
+        }
+    }
+
+    /// The chosen endpoint's token for the resource `params` name.
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        match &self.inner {
+            Inner::Imds(s) => s.fetch_token_for(params).await,
+            Inner::AppService(s) => s.fetch_token_for(params).await,
         }
     }
 }

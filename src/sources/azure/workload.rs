@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
 
+use super::resource_of;
 use crate::error::{Error, Result};
 use crate::exchange::TokenEndpoint;
 use crate::grants::client_credentials::ClientCredentials;
 use crate::grants::token_exchange::{SubjectTokenFile, SubjectTokenSource};
+use crate::params::TokenParams;
 use crate::source::TokenSource;
 use crate::store::KeyBuilder;
 use crate::token::AccessToken;
@@ -139,13 +141,7 @@ impl WorkloadIdentity {
     /// The scope tokens are for: a resource's `/.default` (appended to a resource given
     /// without it). Default: none, which Entra refuses.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        let scope = scope.into();
-        let scope = scope.trim();
-        self.scope = if scope.is_empty() || scope.ends_with("/.default") || scope.contains(' ') {
-            scope.to_owned()
-        } else {
-            format!("{scope}/.default")
-        };
+        self.scope = entra_scope(&scope.into());
         self
     }
 
@@ -177,6 +173,45 @@ impl TokenSource for WorkloadIdentity {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
+        self.fetch(&self.scope).await
+    }
+
+    /// A token for the scopes `params` name, or `{resource}/.default` for the one resource
+    /// they name; [`Error::Config`] for an audience, or for scopes and resources together.
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        let refuse = |what: &str| {
+            Err(Error::Config(format!(
+                "Entra (workload identity) {what}: route with TokenParams::scope \
+                 (https://vault.azure.net/.default) or TokenParams::resource \
+                 (https://vault.azure.net)"
+            )))
+        };
+        if params.audience_value().is_some() {
+            return refuse("takes scopes, not an audience");
+        }
+        let scope = match (params.scopes(), params.resources()) {
+            ([], []) => self.scope.clone(),
+            (scopes, []) => entra_scope(&scopes.join(" ")),
+            ([], [resource]) => format!("{}/.default", resource_of(resource)),
+            ([], _) => return refuse("gives a token for one resource at a time"),
+            _ => return refuse("takes scopes or one resource, not both"),
+        };
+        self.fetch(&scope).await
+    }
+}
+
+/// `scope` as Entra wants it: a lone resource gets its `/.default`.
+fn entra_scope(scope: &str) -> String {
+    let scope = scope.trim();
+    if scope.is_empty() || scope.ends_with("/.default") || scope.contains(' ') {
+        scope.to_owned()
+    } else {
+        format!("{scope}/.default")
+    }
+}
+
+impl WorkloadIdentity {
+    async fn fetch(&self, scope: &str) -> Result<AccessToken> {
         if self.tenant_id.trim().is_empty() || self.tenant_id.contains(['/', '?', '#']) {
             return Err(Error::Config(format!(
                 "the Azure tenant id {:?} is not a tenant id ({ENV_AZURE_TENANT_ID})",
@@ -186,7 +221,7 @@ impl TokenSource for WorkloadIdentity {
         if self.client_id.trim().is_empty() {
             return Err(Error::EmptyCredential { field: "client_id" });
         }
-        if self.scope.is_empty() {
+        if scope.is_empty() {
             return Err(Error::Config(
                 "WorkloadIdentity needs a scope, e.g. https://management.azure.com/.default".into(),
             ));
@@ -203,7 +238,7 @@ impl TokenSource for WorkloadIdentity {
             .param("client_id", &self.client_id)
             .param("client_assertion_type", CLIENT_ASSERTION_TYPE)
             .secret_param("client_assertion", assertion.expose_secret())
-            .param("scope", &self.scope)
+            .param("scope", scope)
             .send()
             .await
     }

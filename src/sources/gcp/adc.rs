@@ -17,6 +17,7 @@ use crate::grants::client::OAuthClient;
 use crate::grants::google::ENV_GOOGLE_APPLICATION_CREDENTIALS;
 use crate::grants::jwt_bearer::JwtBearer;
 use crate::grants::refresh_token::RefreshToken;
+use crate::params::TokenParams;
 use crate::source::TokenSource;
 use crate::store::SourceStore;
 use crate::token::AccessToken;
@@ -341,11 +342,32 @@ impl TokenSource for ApplicationDefaultCredentials {
         self.source().store_key()
     }
 
+    /// The key of what was found, for `params`.
+    fn store_key_for(&self, params: &TokenParams) -> Option<String> {
+        self.source().store_key_for(params)
+    }
+
     fn attach_store(&self, store: SourceStore) {
         self.source().attach_store(store);
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
+        self.probe_metadata().await?;
+        self.source().fetch_token().await
+    }
+
+    /// What was found, asked for `params` (scopes replace the chain's own; a service
+    /// account key also takes an audience).
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        self.probe_metadata().await?;
+        self.source().fetch_token_for(params).await
+    }
+}
+
+impl ApplicationDefaultCredentials {
+    /// With the metadata server as what was found: whether it answers, or the chain's
+    /// error listing everything tried.
+    async fn probe_metadata(&self) -> Result<()> {
         if let Found::Metadata { server, tried } = &self.found
             && let Err(reason) = server.probe().await
         {
@@ -356,7 +378,7 @@ impl TokenSource for ApplicationDefaultCredentials {
                 tried,
             });
         }
-        self.source().fetch_token().await
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result, Scrubber};
 use crate::exchange::{TokenEndpoint, parse_token_response};
+use crate::params::TokenParams;
 use crate::source::TokenSource;
 use crate::sources::call::{Answer, Call, PlainHttp, cloud, describe_body, lifetime_until};
 use crate::store::KeyBuilder;
@@ -336,11 +337,34 @@ impl TokenSource for MetadataServer {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
+        self.fetch(&self.scopes).await
+    }
+
+    /// A token with the scopes `params` name (the source's own without any);
+    /// [`Error::Config`] for an audience or a resource, which the metadata server's access
+    /// tokens do not take (an audience is for [`id_token`](MetadataServer::id_token)).
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        if params.audience_value().is_some() || !params.resources().is_empty() {
+            return Err(Error::Config(format!(
+                "{}: access tokens take scopes only, not an audience or a resource; for an \
+                 audience ask for ID tokens (MetadataServer::id_token)",
+                self.service()
+            )));
+        }
+        if params.scopes().is_empty() {
+            return self.fetch_token().await;
+        }
+        self.fetch(params.scopes()).await
+    }
+}
+
+impl MetadataServer {
+    async fn fetch(&self, scopes: &[String]) -> Result<AccessToken> {
         let service = self.service();
         let mut url = self.account_url("token", &service)?;
-        if !self.scopes.is_empty() {
+        if !scopes.is_empty() {
             url.query_pairs_mut()
-                .append_pair("scopes", &self.scopes.join(","));
+                .append_pair("scopes", &scopes.join(","));
         }
         let answer = self.get(url, &service).await?;
         parse_token_response(
@@ -473,8 +497,29 @@ impl TokenSource for MetadataIdToken {
     }
 
     async fn fetch_token(&self) -> Result<AccessToken> {
+        self.fetch(&self.audience).await
+    }
+
+    /// An ID token for the audience `params` name (the source's own without one): one
+    /// provider for the Cloud Run services a client calls, keyed by audience.
+    /// [`Error::Config`] for scopes or resources, which ID tokens do not take.
+    async fn fetch_token_for(&self, params: &TokenParams) -> Result<AccessToken> {
+        if !params.scopes().is_empty() || !params.resources().is_empty() {
+            return Err(Error::Config(format!(
+                "{}: ID tokens take an audience only, not scopes or resources; route with \
+                 TokenParams::audience",
+                self.server.service()
+            )));
+        }
+        self.fetch(params.audience_value().unwrap_or(&self.audience))
+            .await
+    }
+}
+
+impl MetadataIdToken {
+    async fn fetch(&self, audience: &str) -> Result<AccessToken> {
         let service = self.server.service();
-        if self.audience.trim().is_empty() {
+        if audience.trim().is_empty() {
             return Err(Error::Config(format!(
                 "{service}: an ID token needs a non-empty audience"
             )));
@@ -482,7 +527,7 @@ impl TokenSource for MetadataIdToken {
         let mut url = self.server.account_url("identity", &service)?;
         {
             let mut query = url.query_pairs_mut();
-            query.append_pair("audience", &self.audience);
+            query.append_pair("audience", audience);
             if self.full {
                 query.append_pair("format", "full");
             }
@@ -496,10 +541,9 @@ impl TokenSource for MetadataIdToken {
         let invalid = |problem: String| cloud(&service, problem, false);
         let (exp, aud) = id_token_claims(jwt)
             .map_err(|problem| invalid(format!("{problem} ({})", describe_body(&answer.body))))?;
-        if !aud.iter().any(|a| a == &self.audience) {
+        if !aud.iter().any(|a| a == audience) {
             return Err(invalid(format!(
-                "the ID token is for another audience than {:?}",
-                self.audience
+                "the ID token is for another audience than {audience:?}"
             )));
         }
         let lifetime = lifetime_until(exp, answer.sent_wall)
