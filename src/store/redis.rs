@@ -193,22 +193,7 @@ impl RedisStore {
     /// Does no I/O; fails with [`Error::Config`](crate::Error::Config) for a URL that does
     /// not parse or no node at all.
     pub fn cluster<N: AsRef<str>>(nodes: impl IntoIterator<Item = N>) -> crate::Result<Self> {
-        let nodes = nodes
-            .into_iter()
-            .map(|node| {
-                node.as_ref().into_connection_info().map_err(|e| {
-                    crate::Error::Config(format!(
-                        "a Redis Cluster node URL does not parse ({}): use redis://host:port",
-                        e.kind_name_or_detail()
-                    ))
-                })
-            })
-            .collect::<crate::Result<Vec<_>>>()?;
-        if nodes.is_empty() {
-            return Err(crate::Error::Config(
-                "RedisStore::cluster needs at least one node URL (redis://host:port)".into(),
-            ));
-        }
+        let nodes = parse_urls(nodes, "RedisStore::cluster", "node", "redis://host:port")?;
         Ok(Self::with_target(Target::Cluster(nodes)))
     }
 
@@ -236,22 +221,12 @@ impl RedisStore {
         sentinels: impl IntoIterator<Item = N>,
         master: &str,
     ) -> crate::Result<Self> {
-        let sentinels = sentinels
-            .into_iter()
-            .map(|node| {
-                node.as_ref().into_connection_info().map_err(|e| {
-                    crate::Error::Config(format!(
-                        "a Redis Sentinel URL does not parse ({}): use redis://host:26379",
-                        e.kind_name_or_detail()
-                    ))
-                })
-            })
-            .collect::<crate::Result<Vec<_>>>()?;
-        if sentinels.is_empty() {
-            return Err(crate::Error::Config(
-                "RedisStore::sentinel needs at least one sentinel URL (redis://host:26379)".into(),
-            ));
-        }
+        let sentinels = parse_urls(
+            sentinels,
+            "RedisStore::sentinel",
+            "sentinel",
+            "redis://host:26379",
+        )?;
         let not_a_master = |detail: String| {
             crate::Error::Config(format!(
                 "the Sentinel master does not parse ({detail}): use redis://name, where name is \
@@ -541,6 +516,33 @@ impl RedisStore {
         let deleted: i64 = self.exec(Op::Script(invocation)).await?;
         Ok(deleted > 0)
     }
+}
+
+/// The URLs of a constructor's servers (`what`: node, sentinel), at least one, each
+/// parsed; an error names the constructor and the form a URL takes (`example`).
+fn parse_urls<N: AsRef<str>>(
+    urls: impl IntoIterator<Item = N>,
+    constructor: &str,
+    what: &str,
+    example: &str,
+) -> crate::Result<Vec<ConnectionInfo>> {
+    let infos = urls
+        .into_iter()
+        .map(|url| {
+            url.as_ref().into_connection_info().map_err(|e| {
+                crate::Error::Config(format!(
+                    "a {what} URL of {constructor} does not parse ({}): use {example}",
+                    e.kind_name_or_detail()
+                ))
+            })
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    if infos.is_empty() {
+        return Err(crate::Error::Config(format!(
+            "{constructor} needs at least one {what} URL ({example})"
+        )));
+    }
+    Ok(infos)
 }
 
 /// One command or one script.

@@ -415,12 +415,17 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_all(&mut self.children, &self.dir);
     }
+}
+
+/// Kills `children` and removes `dir`: what a group of servers leaves when it goes.
+fn stop_all(children: &mut [Child], dir: &std::path::Path) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A master, its replica and one Redis Sentinel that monitors them as `mymaster` (quorum 1,
@@ -599,10 +604,6 @@ impl RedisSentinel {
 
 impl Drop for RedisSentinel {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_all(&mut self.children, &self.dir);
     }
 }
