@@ -159,6 +159,7 @@ fn resource_for(params: &TokenParams, own: &str, service: &str) -> Result<String
         .chain(params.scopes())
         .map(|r| resource_of(r))
         .collect();
+    asked.sort_unstable();
     asked.dedup();
     match asked.len() {
         0 => Ok(own.to_owned()),
