@@ -275,14 +275,9 @@ fn a_lease_holder_sigkilled_with_default_timeouts_delays_the_fleet_by_at_most_tw
     holder.kill().unwrap();
     holder.wait().unwrap();
     let started = Instant::now();
-    let output = worker().output().unwrap();
+    let (ok, text) = finished(&mut worker());
     let took = started.elapsed();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{text}");
+    assert!(ok, "{text}");
     let waited = Duration::from_millis(
         text.lines()
             .find_map(|l| l.strip_prefix("first token after: "))

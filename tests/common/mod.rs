@@ -359,6 +359,50 @@ pub async fn join_all<F: std::future::Future>(
         .collect()
 }
 
+/// Runs `command` to its end: whether it succeeded, and its stdout and stderr together.
+pub fn finished(command: &mut std::process::Command) -> (bool, String) {
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The number a program printed after `label` at the start of a line.
+pub fn printed(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs `fleet` (the `fleet` example, pointed at a store) as eight processes sharing one
+/// refresh-token series of 1 s tokens for 18 s, refreshed every 0.8 s by whichever holds
+/// the lease: at least 20 rotations, and no `invalid_grant` or reuse detection.
+pub fn assert_fleet_rotates_a_series_without_a_reuse(fleet: &mut std::process::Command) {
+    let (ok, text) = finished(fleet.args([
+        "--grant",
+        "refresh",
+        "--workers",
+        "8",
+        "--callers",
+        "10",
+        "--ttl",
+        "1",
+        "--seconds",
+        "18",
+    ]));
+    println!("{text}");
+    assert!(ok, "a worker failed: {text}");
+    assert!(printed(&text, "refresh grants: ") >= 20, "{text}");
+    assert_eq!(printed(&text, "invalid_grant: "), 0, "{text}");
+    assert_eq!(printed(&text, "reuse detections: "), 0, "{text}");
+}
+
 /// The example binary that `cargo test` built next to this test binary, with no DT
 /// credentials in its environment.
 pub fn example(name: &str) -> std::process::Command {
